@@ -1,0 +1,85 @@
+"""``dcwatch agent``: parse config, build the app, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from agent import sdnotify
+from agent.app import make_app
+from agent.config import AgentConfig, build_parser, config_from_args
+from agent.settings import ConfigError
+from agent.webconfig import load_web_config, make_ssl_context
+
+log = logging.getLogger("dcwatch.agent")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def serve(config: AgentConfig) -> None:
+    ssl_ctx = None
+    if config.web_config is not None:
+        wc = load_web_config(config.web_config)
+        if wc.tls is not None:
+            ssl_ctx = make_ssl_context(wc.tls, config.web_config)
+    app = make_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = config.listen
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
+    await site.start()
+    log.info(
+        "dcwatch agent listening on %s://%s:%d (config: %s)",
+        "https" if ssl_ctx else "http",
+        host,
+        port,
+        config.source,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sdnotify.notify("READY=1")
+    wd = sdnotify.watchdog_interval()
+    wd_task = asyncio.create_task(sdnotify.watchdog_loop(wd)) if wd else None
+    await stop.wait()
+    sdnotify.notify("STOPPING=1")
+    if wd_task:
+        wd_task.cancel()
+    await runner.cleanup()
+    log.info("dcwatch agent stopped")
+
+
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = build_parser(parser).parse_args(argv)
+    try:
+        config = config_from_args(args, os.environ)
+        if config.web_config is not None:
+            load_web_config(config.web_config)
+    except ConfigError as e:
+        print(f"dcwatch agent: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:
+        log.error("cannot listen on %s:%d: %s", *config.listen, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

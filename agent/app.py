@@ -1,0 +1,150 @@
+"""The agent's HTTP application: ``/metrics``, ``/healthz`` and ``/``."""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+from prometheus_client import exposition
+from prometheus_client.core import Metric
+from prometheus_client.openmetrics import exposition as om_exposition
+
+from agent.config import AgentConfig
+from agent.registry import CollectorRunner, build_collectors
+from agent.webconfig import basic_auth_middleware, load_web_config
+from exporters.base import Collector, CollectorDeps
+
+log = logging.getLogger("dcwatch.agent")
+
+RUNNER = web.AppKey("runner", CollectorRunner)
+CONFIG = web.AppKey("config", AgentConfig)
+STARTED = web.AppKey("started", float)
+
+TEXT_CONTENT_TYPE = exposition.CONTENT_TYPE_LATEST
+OM_CONTENT_TYPE = om_exposition.CONTENT_TYPE_LATEST
+
+
+class _Families:
+    """Adapter: prometheus_client's encoders want an object with ``collect()``."""
+
+    def __init__(self, metrics: Sequence[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Sequence[Metric]:
+        return self._metrics
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the scraper prefers OpenMetrics (Prometheus sends it first in Accept)."""
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if media == "application/openmetrics-text":
+            q = next((p[2:] for p in params if p.startswith("q=")), "1")
+            try:
+                return float(q) > 0
+            except ValueError:
+                return True
+    return False
+
+
+def encode(metrics: Sequence[Metric], accept: str) -> tuple[bytes, str]:
+    if wants_openmetrics(accept):
+        return om_exposition.generate_latest(_Families(metrics)), OM_CONTENT_TYPE  # type: ignore[arg-type]
+    return exposition.generate_latest(_Families(metrics)), TEXT_CONTENT_TYPE  # type: ignore[arg-type]
+
+
+def accepts_gzip(header: str) -> bool:
+    for part in header.split(","):
+        enc, *params = (p.strip() for p in part.split(";"))
+        if enc in ("gzip", "*") and not any(p.replace(" ", "") == "q=0" for p in params):
+            return True
+    return False
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    runner = request.app[RUNNER]
+    families = await runner.scrape()
+    body, ctype = encode(families, request.headers.get("Accept", ""))
+    headers = {"Content-Type": ctype}
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        body = gzip.compress(body, compresslevel=1)  # level 1: most of the gain, little CPU
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+def _status(app: web.Application) -> dict[str, object]:
+    runner = app[RUNNER]
+    failing = sorted(n for n, s in runner.state.items() if s.last_success and not s.ok)
+    return {
+        "status": "degraded" if failing else "ok",
+        "collectors": len(runner.collectors),
+        "failing": failing,
+        "uptime_seconds": round(time.time() - app[STARTED], 1),
+    }
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    # 200 even when degraded: the process serves; which collectors fail is in the body/metrics.
+    return web.Response(
+        text=json.dumps(_status(request.app)) + "\n", content_type="application/json"
+    )
+
+
+async def index_handler(request: web.Request) -> web.Response:
+    runner = request.app[RUNNER]
+    rows = []
+    for c in runner.collectors:
+        st = runner.state[c.name]
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(st.last_success))
+            if st.last_success
+            else "never"
+        )
+        state = "no hardware" if st.no_data else ("ok" if st.ok else (st.last_error or "not run"))
+        rows.append(
+            f"<tr><td>{html.escape(c.name)}</td><td>{html.escape(state)}</td>"
+            f"<td>{when}</td><td>{st.duration * 1000:.1f} ms</td></tr>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>dcwatch agent</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}"
+        "</style></head><body><h1>dcwatch agent</h1><p><a href='/metrics'>/metrics</a> · "
+        "<a href='/healthz'>/healthz</a></p><table><tr><th>collector</th><th>state</th>"
+        f"<th>last success</th><th>last duration</th></tr>{''.join(rows)}</table></body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+def make_app(
+    config: AgentConfig,
+    *,
+    collectors: Sequence[Collector] | None = None,
+    deps: CollectorDeps | None = None,
+) -> web.Application:
+    """Build the agent app. ``collectors``/``deps`` let tests inject fakes (e.g. a fake NVML)."""
+    middlewares = []
+    if config.web_config is not None:
+        wc = load_web_config(config.web_config)
+        if wc.basic_auth_users:
+            middlewares.append(basic_auth_middleware(wc.basic_auth_users))
+    app = web.Application(middlewares=middlewares)
+    app[CONFIG] = config
+    app[STARTED] = time.time()
+
+    async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
+        cs = list(collectors) if collectors is not None else build_collectors(config, deps)
+        app[RUNNER] = CollectorRunner(cs, config.collector_timeout)
+        log.info("collectors enabled: %s", ", ".join(c.name for c in cs) or "none")
+        yield
+        app[RUNNER].close()
+
+    app.cleanup_ctx.append(runner_ctx)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    app.router.add_get("/", index_handler)
+    return app

@@ -1,0 +1,1 @@
+"""dcwatch analyzer: sources -> frames -> models -> decisions -> outputs."""

@@ -1,0 +1,1 @@
+"""Detectors (scikit-learn outlier contract) and forecasters (statsforecast contract)."""

@@ -1,0 +1,1 @@
+"""Collectors: one module per hardware area; each turns readings into metric families."""

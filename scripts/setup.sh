@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up dcwatch on this machine: Debian packages (Prometheus, Alertmanager, node_exporter)
+# when run as root, then a virtual environment in .venv with
+# dcwatch and its dev extras. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # --no-install-recommends keeps it small; the services are not started (policy-rc.d aside,
+    # the tests start their own binaries on free ports).
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts the packaged daemons; the tests run their own copies, so stop these.
+    for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+      (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
+      pkill -x "$svc" 2>/dev/null || true
+    done
+  else
+    echo "setup: not root: cannot install ${missing[*]}; tests needing them will be skipped" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -vE '^(WARNING: Location|  WARNING)' || true
+.venv/bin/python -c 'import agent, exporters, aiohttp, prometheus_client' \
+  || { echo "setup: the virtual environment is broken" >&2; exit 1; }
+echo "setup: ok (.venv ready)"
