@@ -25,7 +25,9 @@ RUNNER = web.AppKey("runner", CollectorRunner)
 CONFIG = web.AppKey("config", AgentConfig)
 STARTED = web.AppKey("started", float)
 
-TEXT_CONTENT_TYPE = exposition.CONTENT_TYPE_LATEST
+# The classic text format (what generate_latest writes for our ASCII names); pinned so the
+# header does not change with prometheus_client releases.
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OM_CONTENT_TYPE = om_exposition.CONTENT_TYPE_LATEST
 
 

@@ -27,14 +27,14 @@ AGENT_SETTINGS: tuple[Setting, ...] = (
     Setting("procfs", st.to_path, Path("/proc"), "root of procfs"),
     Setting(
         "collectors",
-        st.to_str_list,
+        lambda v: _known_collectors(st.to_str_list(v)),
         (),
         "enable exactly these collectors (default: the default set)",
         is_list=True,
     ),
     Setting(
         "no_collectors",
-        st.to_str_list,
+        lambda v: _known_collectors(st.to_str_list(v)),
         (),
         "disable this collector",
         flag="--no-collector",
@@ -148,16 +148,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def resolve_collectors(
-    enabled: Sequence[str], disabled: Sequence[str], where: str
-) -> tuple[str, ...]:
-    """Turn ``--collectors`` / ``--no-collector`` into the ordered list of enabled collectors."""
+def _known_collectors(names: tuple[str, ...]) -> tuple[str, ...]:
     from exporters import registry  # the table of collectors lives with the collectors
 
     known = registry.names()
-    for name in (*enabled, *disabled):
+    for name in names:
         if name not in known:
-            raise ConfigError(f"{where}: unknown collector {name!r} (known: {', '.join(known)})")
+            raise ValueError(f"unknown collector {name!r} (known: {', '.join(known)})")
+    return names
+
+
+def resolve_collectors(enabled: Sequence[str], disabled: Sequence[str]) -> tuple[str, ...]:
+    """Turn ``--collectors`` / ``--no-collector`` into the ordered list of enabled collectors."""
+    from exporters import registry
+
     chosen = list(enabled) if enabled else registry.default_names()
     return tuple(n for n in chosen if n not in disabled)
 
@@ -174,12 +178,11 @@ def load_agent_config(
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfig:
     file = args.config or (Path(env["DCWATCH_CONFIG"]) if env.get("DCWATCH_CONFIG") else None)
     v, _ = st.resolve(AGENT_SETTINGS, args, env, file)
-    where = f"config file {file}" if file else "collectors"
     return AgentConfig(
         listen=v["listen"],
         sysfs=v["sysfs"],
         procfs=v["procfs"],
-        collectors=resolve_collectors(v["collectors"], v["no_collectors"], where),
+        collectors=resolve_collectors(v["collectors"], v["no_collectors"]),
         log_level=v["log_level"],
         web_config=v["web_config"],
         collector_timeout=v["collector_timeout"],
