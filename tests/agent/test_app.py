@@ -65,8 +65,10 @@ async def test_text_format_by_default(aiohttp_client) -> None:
 async def test_openmetrics_when_asked(aiohttp_client) -> None:
     client = await aiohttp_client(app_with())
     # What Prometheus 2.x sends.
-    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    accept = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+        "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
     r = await client.get("/metrics", headers={"Accept": accept})
     assert r.headers["Content-Type"].startswith("application/openmetrics-text")
     body = await r.text()
@@ -88,8 +90,7 @@ async def test_gzip_when_asked(aiohttp_client) -> None:
     assert r.headers["Content-Encoding"] == "gzip"
     text = gzip.decompress(await r.read()).decode()
     assert "dcwatch_test_temp_celsius" in text
-    r = await client.get("/metrics", headers={"Accept-Encoding": "identity"},
-                         auto_decompress=False)
+    r = await client.get("/metrics", headers={"Accept-Encoding": "identity"}, auto_decompress=False)
     assert "Content-Encoding" not in r.headers
 
 
@@ -141,10 +142,27 @@ def make_cert(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     try:
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-             "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True, timeout=60,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"openssl cannot make a test certificate: {e}")
@@ -154,13 +172,15 @@ def make_cert(tmp_path: Path) -> tuple[Path, Path]:
 async def test_tls_and_basic_auth_on_a_real_socket(tmp_path: Path, unused_tcp_port: int) -> None:
     cert, key = make_cert(tmp_path)
     wc_path = write_web_config(
-        tmp_path, f"tls_server_config:\n  cert_file: {cert.name}\n  key_file: {key.name}\n")
+        tmp_path, f"tls_server_config:\n  cert_file: {cert.name}\n  key_file: {key.name}\n"
+    )
     cfg = AgentConfig(web_config=wc_path)
     wc = load_web_config(wc_path)
     runner = web.AppRunner(app_with(cfg))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", unused_tcp_port,
-                       ssl_context=make_ssl_context(wc.tls, wc_path))
+    site = web.TCPSite(
+        runner, "127.0.0.1", unused_tcp_port, ssl_context=make_ssl_context(wc.tls, wc_path)
+    )
     await site.start()
     try:
         client_ctx = ssl.create_default_context(cafile=str(cert))

@@ -29,8 +29,11 @@ def test_defaults() -> None:
 
 
 def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
-    f = write(tmp_path, "listen: 127.0.0.1:1111\nsysfs: /file/sys\nprocfs: /file/proc\n"
-                        "log_level: debug\nnetwork:\n  device_exclude: '^lo$'\n")
+    f = write(
+        tmp_path,
+        "listen: 127.0.0.1:1111\nsysfs: /file/sys\nprocfs: /file/proc\n"
+        "log_level: debug\nnetwork:\n  device_exclude: '^lo$'\n",
+    )
     env = {"DCWATCH_SYSFS": "/env/sys", "DCWATCH_LISTEN": "127.0.0.1:2222"}
     c = load_agent_config(["--config", str(f), "--listen", ":3333"], env=env)
     assert c.listen == ("0.0.0.0", 3333)  # flag
@@ -91,10 +94,14 @@ def test_missing_config_file(tmp_path: Path) -> None:
     [
         ("basic_auth_users:\n  bob: plaintext\n", "basic_auth_users.bob"),
         ("tls_server_config:\n  key_file: k.pem\n", "tls_server_config.cert_file"),
-        ("tls_server_config:\n  cert_file: c\n  key_file: k\n  min_version: TLS99\n",
-         "tls_server_config.min_version"),
-        ("tls_server_config:\n  cert_file: missing.pem\n  key_file: missing.pem\n",
-         "tls_server_config"),
+        (
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n  min_version: TLS99\n",
+            "tls_server_config.min_version",
+        ),
+        (
+            "tls_server_config:\n  cert_file: missing.pem\n  key_file: missing.pem\n",
+            "tls_server_config",
+        ),
         ("basic_auth: {}\n", "unknown key"),
     ],
 )
@@ -107,8 +114,12 @@ def test_web_config_errors(tmp_path: Path, text: str, needle: str) -> None:
 
 def test_cli_exits_2_with_message_and_starts_nothing(tmp_path: Path) -> None:
     f = write(tmp_path, "network:\n  device_include: '*bad'\n")
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--config", str(f)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "agent", "--config", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "network.device_include" in r.stderr and str(f) in r.stderr
     assert "listening" not in r.stderr
