@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import bcrypt
 from aiohttp import web
 
 from agent.settings import ConfigError, read_yaml_file
@@ -152,6 +151,8 @@ def basic_auth_middleware(users: dict[str, str], open_paths: frozenset[str] = fr
 
 
 def _checkpw(password: str, hashed: str) -> bool:
+    import bcrypt  # only agents with basic auth pay for it
+
     try:
         return bcrypt.checkpw(password.encode(), hashed.encode())
     except ValueError:
