@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import settings as st
-from agent.settings import ConfigError, Setting
+from agent.settings import Setting
 
 DEFAULT_PORT = 9478
 DEFAULT_NET_EXCLUDE = (

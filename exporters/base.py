@@ -52,7 +52,7 @@ class MetricSpec:
         base = self.name.removesuffix("_total")
         return next((u for u in _UNITS if base.endswith("_" + u)), "")
 
-    def family(self) -> Metric:
+    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
         """A fresh, empty family for this scrape."""
         if self.kind == "counter":
             return CounterMetricFamily(self.name, self.help, labels=self.labels, unit=self.unit)
@@ -66,7 +66,7 @@ class Families:
     Families are created lazily so a metric with no samples is not exposed at all.
     """
 
-    _fams: dict[str, Metric] = field(default_factory=dict)
+    _fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = field(default_factory=dict)
 
     def add(self, spec: MetricSpec, value: float | int | None, *labels: str) -> None:
         if value is None:
