@@ -1,0 +1,43 @@
+"""Helpers for collector tests over the captured sysfs trees: writable copies and rendering."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+
+from exporters.base import Collector
+from tests.conftest import FIXTURES
+
+GPU_NODE = FIXTURES / "gpu-node-a"
+MINIMAL_VM = FIXTURES / "minimal-vm"
+
+
+def copy_sys(tree: Path, dst: Path) -> Path:
+    """A writable copy of ``tree``'s ``sys/`` under ``dst``, symlinks kept as symlinks."""
+    out = dst / "sys"
+    shutil.copytree(tree / "sys", out, symlinks=True)
+    return out
+
+
+class _Families:
+    def __init__(self, metrics: Iterable[Metric]) -> None:
+        self.metrics = list(metrics)
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
+
+
+def scrape(collector: Collector) -> str:
+    """One ``collect()`` rendered as exposition text, as /metrics would serve it."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Families(collector.collect()))
+    return generate_latest(reg).decode()
+
+
+def families(text: str) -> set[str]:
+    """Names of the metric families present in exposition text."""
+    return {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}

@@ -1,0 +1,199 @@
+"""The thermal collector over the captured trees: values, thresholds, broken sensors, absence."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.registry import CollectorRunner
+from exporters import registry
+from exporters.base import NoDataError
+from exporters.thermal import ThermalCollector
+from tests.exporters.sysfs_trees import GPU_NODE, MINIMAL_VM, copy_sys, families, scrape
+from tests.helpers import sample
+
+
+@pytest.fixture
+def node_text() -> str:
+    c = ThermalCollector(AgentConfig(sysfs=GPU_NODE / "sys", procfs=GPU_NODE / "proc"))
+    try:
+        return scrape(c)
+    finally:
+        c.close()
+
+
+def test_registered_default_on() -> None:
+    entry = registry.get("thermal")
+    assert entry.cls is ThermalCollector and entry.default
+
+
+def test_hwmon_temperatures_and_thresholds(node_text: str) -> None:
+    t = node_text
+    core3 = dict(chip="coretemp.0", chip_name="coretemp", sensor="temp5", label="Core 3")
+    assert sample(t, "dcwatch_hwmon_temp_celsius", **core3) == 51.0
+    assert sample(t, "dcwatch_hwmon_temp_crit_celsius", **core3) == 100.0
+    assert sample(t, "dcwatch_hwmon_temp_max_celsius", **core3) == 90.0
+    pkg1 = dict(chip="coretemp.1", label="Package id 1")
+    assert sample(t, "dcwatch_hwmon_temp_celsius", **pkg1) == 55.0
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="thermal_zone0", chip_name="acpitz") == 27.8
+    assert sample(t, "dcwatch_hwmon_temp_crit_celsius", chip="thermal_zone0") == 105.0
+    # NVMe: millidegrees with fractions; the "no threshold" sentinels are omitted.
+    composite = dict(chip="nvme0", label="Composite")
+    assert sample(t, "dcwatch_hwmon_temp_celsius", **composite) == 38.85
+    assert sample(t, "dcwatch_hwmon_temp_max_celsius", **composite) == 81.85
+    assert sample(t, "dcwatch_hwmon_temp_crit_celsius", **composite) == 84.85
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="nvme0", label="Sensor 2") == 44.85
+    assert sample(t, "dcwatch_hwmon_temp_max_celsius", chip="nvme0", label="Sensor 1") is None
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="nvme1", label="Composite") == 36.85
+    # Labels absent in sysfs stay empty rather than invented.
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="nct6775.656", sensor="temp2") == 41.5
+    assert "NaN" not in t
+
+
+def test_cpu_temperatures(node_text: str) -> None:
+    t = node_text
+    assert sample(t, "dcwatch_cpu_temp_celsius", package="0", core="") == 52.0
+    assert sample(t, "dcwatch_cpu_temp_celsius", package="0", core="3") == 51.0
+    assert sample(t, "dcwatch_cpu_temp_celsius", package="1", core="") == 55.0
+    assert sample(t, "dcwatch_cpu_temp_celsius", package="1", core="2") == 56.0
+    # coretemp.1's "Core 3" input is empty (a broken sensor): omitted, not 0.
+    assert sample(t, "dcwatch_cpu_temp_celsius", package="1", core="3") is None
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="coretemp.1", label="Core 3") is None
+    # ... while its thresholds, which read fine, are still there.
+    assert sample(t, "dcwatch_hwmon_temp_crit_celsius", chip="coretemp.1", label="Core 3") == 100
+
+
+def test_fans(node_text: str) -> None:
+    t = node_text
+    nct = dict(chip="nct6775.656", chip_name="nct6775")
+    assert sample(t, "dcwatch_hwmon_fan_rpm", sensor="fan1", **nct) == 1180
+    assert sample(t, "dcwatch_hwmon_fan_rpm", sensor="fan2", **nct) == 2350
+    assert sample(t, "dcwatch_hwmon_fan_rpm", sensor="fan3", **nct) == 0  # stopped: a reading
+    assert sample(t, "dcwatch_hwmon_fan_min_rpm", sensor="fan1", **nct) == 300
+    assert sample(t, "dcwatch_hwmon_fan_min_rpm", sensor="fan3", **nct) is None  # alarm off
+
+
+def test_thermal_zones_and_cooling_devices(node_text: str) -> None:
+    t = node_text
+    assert (
+        sample(t, "dcwatch_thermal_zone_temp_celsius", zone="thermal_zone0", type="acpitz") == 27.8
+    )
+    assert sample(t, "dcwatch_thermal_zone_temp_celsius", zone="thermal_zone2") == 55.0
+    trip = "dcwatch_thermal_zone_trip_point_celsius"
+    assert sample(t, trip, zone="thermal_zone0", trip="0", trip_type="critical") == 105.0
+    assert sample(t, trip, zone="thermal_zone0", trip="1", trip_type="passive") == 95.0
+    assert sample(t, trip, zone="thermal_zone1") is None  # x86_pkg_temp trips at 0 = unset
+    dev = dict(device="cooling_device4", type="intel_powerclamp")
+    assert sample(t, "dcwatch_cooling_device_cur_state", **dev) == 0
+    assert sample(t, "dcwatch_cooling_device_max_state", **dev) == 50
+
+
+def test_broken_sensor_counted_not_fatal() -> None:
+    c = ThermalCollector(AgentConfig(sysfs=GPU_NODE / "sys"))
+    scrape(c)
+    assert c.read_errors() == 1  # the empty coretemp.1 temp5_input
+    scrape(c)
+    assert c.read_errors() == 2  # counted each scrape it fails
+    c.close()
+
+
+def test_flaky_read_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = ThermalCollector(AgentConfig(sysfs=sysfs))
+    bad = str(sysfs / "class/hwmon/hwmon6/fan2_input")
+    real_pread = os.pread
+    fds: dict[int, str] = {}
+    real_open = os.open
+
+    def tracking_open(path: str, flags: int, *a: object) -> int:
+        fd = real_open(path, flags, *a)  # type: ignore[arg-type]
+        fds[fd] = os.fspath(path)
+        return fd
+
+    def eio_pread(fd: int, n: int, off: int) -> bytes:
+        if fds.get(fd) == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pread(fd, n, off)
+
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(os, "pread", eio_pread)
+    text = scrape(c)
+    assert sample(text, "dcwatch_hwmon_fan_rpm", sensor="fan2") is None
+    assert sample(text, "dcwatch_hwmon_fan_rpm", sensor="fan1") == 1180
+    errors = c.read_errors()
+    monkeypatch.setattr(os, "pread", real_pread)
+    text = scrape(c)
+    assert sample(text, "dcwatch_hwmon_fan_rpm", sensor="fan2") == 2350  # reopened and read
+    assert c.read_errors() == errors + 1  # only the empty coretemp file this time
+    c.close()
+
+
+def test_values_change_between_scrapes(tmp_path: Path) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = ThermalCollector(AgentConfig(sysfs=sysfs))
+    assert sample(scrape(c), "dcwatch_cpu_temp_celsius", package="0", core="") == 52.0
+    (sysfs / "class/hwmon/hwmon3/temp1_input").write_text("71000\n")  # same inode, kept fd
+    assert sample(scrape(c), "dcwatch_cpu_temp_celsius", package="0", core="") == 71.0
+    c.close()
+
+
+def _add_zone(sysfs: Path, zone: str, ztype: str, millidegrees: int) -> None:
+    d = sysfs / "devices/virtual/thermal" / zone
+    d.mkdir()
+    (d / "type").write_text(f"{ztype}\n")
+    (d / "temp").write_text(f"{millidegrees}\n")
+    (sysfs / "class/thermal" / zone).symlink_to(f"../../devices/virtual/thermal/{zone}")
+
+
+def test_rediscovery_picks_up_and_drops_devices(tmp_path: Path) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = ThermalCollector(AgentConfig(sysfs=sysfs, rediscover_interval=1e-9))
+    assert sample(scrape(c), "dcwatch_hwmon_temp_celsius", chip="nvme1") == 36.85
+    shutil.rmtree(sysfs / "class/hwmon/hwmon2")  # nvme1 hot-removed
+    _add_zone(sysfs, "thermal_zone3", "iwlwifi_1", 33000)
+    text = scrape(c)
+    assert sample(text, "dcwatch_hwmon_temp_celsius", chip="nvme1") is None
+    assert sample(text, "dcwatch_thermal_zone_temp_celsius", zone="thermal_zone3") == 33.0
+    c.close()
+
+
+def test_discovery_is_cached(tmp_path: Path) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = ThermalCollector(AgentConfig(sysfs=sysfs))  # rediscover_interval 60 s
+    scrape(c)
+    _add_zone(sysfs, "thermal_zone3", "iwlwifi_1", 33000)
+    assert sample(scrape(c), "dcwatch_thermal_zone_temp_celsius", zone="thermal_zone3") is None
+    c.close()
+
+
+def test_minimal_vm_only_what_exists() -> None:
+    c = ThermalCollector(AgentConfig(sysfs=MINIMAL_VM / "sys", procfs=MINIMAL_VM / "proc"))
+    text = scrape(c)
+    assert families(text) == {
+        "dcwatch_cooling_device_cur_state",
+        "dcwatch_cooling_device_max_state",
+    }
+    assert sample(text, "dcwatch_cooling_device_max_state", device="cooling_device1") == 0
+    assert c.read_errors() == 0
+
+
+def test_no_hardware_is_no_data_not_failure(tmp_path: Path) -> None:
+    cfg = AgentConfig(sysfs=tmp_path / "sys", procfs=tmp_path / "proc")
+    c = ThermalCollector(cfg)
+    with pytest.raises(NoDataError):
+        list(c.collect())
+    runner = CollectorRunner([c], timeout=5)
+    try:
+        metrics = asyncio.run(runner.scrape())
+    finally:
+        runner.close()
+    names = {m.name for m in metrics}
+    assert not any(n.startswith(("dcwatch_hwmon", "dcwatch_thermal", "dcwatch_cpu")) for n in names)
+    state = runner.state["thermal"]
+    assert state.ok and state.no_data
