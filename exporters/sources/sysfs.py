@@ -40,30 +40,38 @@ class FileCache:
         """The file's text, or ``None`` if it is missing or unreadable."""
         p = os.fspath(path)
         fd = self._fds.get(p)
+        if fd is not None:
+            try:
+                return _pread_all(fd)
+            except OSError:
+                # A kept descriptor goes stale when its device is removed and re-created
+                # (ENODEV): drop it and fall through to one fresh open before calling it failed.
+                self._forget(p)
         try:
-            if fd is None:
-                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-                if len(self._fds) < self._max_open:
-                    self._fds[p] = fd
-                else:  # keep working when a tree is huge; just do not cache
-                    try:
-                        return _pread_all(fd)
-                    finally:
-                        os.close(fd)
-            return _pread_all(fd)
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            self._forget(p)
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                return None  # absent: not an error
-            self.errors += 1
-            if p not in self._logged:
-                self._logged.add(p)
-                log.warning(
-                    "read failed: %s: %s; reported as absent, retried next scrape",
-                    p,
-                    e.strerror or e,
-                )
-            return None
+            return self._failed(p, e)
+        try:
+            text = _pread_all(fd)
+        except OSError as e:
+            os.close(fd)
+            return self._failed(p, e)
+        if len(self._fds) < self._max_open:
+            self._fds[p] = fd
+        else:  # keep working when a tree is huge; just do not cache
+            os.close(fd)
+        return text
+
+    def _failed(self, p: str, e: OSError) -> None:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None  # absent: not an error
+        self.errors += 1
+        if p not in self._logged:
+            self._logged.add(p)
+            log.warning(
+                "read failed: %s: %s; reported as absent, retried next scrape", p, e.strerror or e
+            )
+        return None
 
     def read_str(self, path: str | os.PathLike[str]) -> str | None:
         text = self.read(path)
