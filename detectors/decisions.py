@@ -1,0 +1,173 @@
+"""Decisions: score smoothing, threshold calibrated to an alert rate, alert state, contributors.
+
+The threshold is set from *training* scores only. The training score is smoothed (rolling mean over
+``smooth_points``), alert runs are declustered the way the alert rule merges them (gaps shorter
+than ``hold_points``), and an exponential tail is fitted to the run peaks above a high quantile
+(peaks-over-threshold, as in SPOT, Siffer et al. KDD'17). The threshold is where that tail predicts
+``alerts_per_week`` runs per week: it extrapolates beyond the largest training score when the
+training window is shorter than the wanted interval between alerts, instead of clamping to the
+training maximum.
+
+The alert rule then fires after ``for_points`` consecutive smoothed scores above the threshold
+(like Prometheus ``for:``) and resolves after ``hold_points`` consecutive scores below ``release``
+x threshold (like ``keep_firing_for``), so a single noisy point does not page and one incident is
+one alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detectors.evaluation import runs
+
+SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    smooth_points: int = 3
+    alerts_per_week: float = 0.35
+    for_points: int = 1
+    hold_points: int = 5
+    release: float = 1.0
+    tail_quantile: float = 0.99
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    base: float  # the tail quantile u of the smoothed training score
+    tail_scale: float  # mean excess of run peaks over u
+    runs_per_day: float  # training runs above u per day
+
+
+def smooth(tail: np.ndarray, new: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing mean over ``points`` of ``new`` continuing after ``tail`` (the previous raw scores).
+
+    Returns the smoothed new scores and the tail to keep for the next call.
+    """
+    new = np.asarray(new, dtype=float)
+    if points <= 1:
+        return new.copy(), np.zeros(0)
+    full = np.concatenate([np.asarray(tail, dtype=float), new])
+    c = np.concatenate([[0.0], np.cumsum(full)])
+    k = len(tail)
+    idx = np.arange(k, len(full))
+    lo = np.maximum(idx + 1 - points, 0)
+    out = (c[idx + 1] - c[lo]) / (idx + 1 - lo)
+    return out, full[-(points - 1) :]
+
+
+def _clusters(flags: np.ndarray, gap: int) -> np.ndarray:
+    r = runs(flags)
+    if len(r) <= 1 or gap <= 0:
+        return r
+    keep = np.concatenate([[True], (r[1:, 0] - r[:-1, 1]) >= gap])
+    starts = r[keep, 0]
+    ends = np.concatenate([r[np.flatnonzero(keep)[1:] - 1, 1], [r[-1, 1]]])
+    return np.stack([starts, ends], axis=1)
+
+
+def calibrate_threshold(scores: np.ndarray, days: float, config: DecisionConfig) -> Threshold:
+    """Threshold on smoothed training ``scores`` for ``config.alerts_per_week`` alert runs."""
+    s = np.asarray(scores, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return Threshold(value=1.0, base=0.0, tail_scale=0.0, runs_per_day=0.0)
+    u = float(np.quantile(s, config.tail_quantile))
+    cl = _clusters(s > u, config.hold_points)
+    days = max(days, 1e-9)
+    if len(cl) == 0:
+        # No excursion above the quantile at all (flat score): demand a clear step above it.
+        spread = float(u - np.median(s))
+        return Threshold(value=u + max(spread, 1.0), base=u, tail_scale=0.0, runs_per_day=0.0)
+    peaks = np.array([s[a:b].max() for a, b in cl])
+    beta = float(np.mean(peaks - u))
+    if beta <= 0:
+        beta = max(float(u - np.median(s)), 1.0)
+    rate = len(cl) / days
+    target = max(config.alerts_per_week / 7.0, 1e-9)
+    t = u + beta * max(np.log(rate / target), 0.0)
+    return Threshold(value=float(t), base=u, tail_scale=beta, runs_per_day=rate)
+
+
+@dataclass
+class AlertState:
+    """Per-node alert state carried between scoring calls."""
+
+    active: bool = False
+    above: int = 0
+    below: int = 0
+
+
+def apply_rule(
+    scores: np.ndarray, state: AlertState, config: DecisionConfig
+) -> tuple[np.ndarray, AlertState]:
+    """Alert flags for normalised smoothed ``scores`` (1.0 = threshold), updating ``state``."""
+    s = np.asarray(scores, dtype=float)
+    out = np.zeros(s.size, dtype=bool)
+    active, above, below = state.active, state.above, state.below
+    need_on = max(1, config.for_points)
+    need_off = max(1, config.hold_points)
+    release = config.release
+    for i, v in enumerate(s.tolist()):
+        if active:
+            below = below + 1 if v < release else 0
+            if below >= need_off:
+                active, above, below = False, 0, 0
+        else:
+            above = above + 1 if v > 1.0 else 0
+            if above >= need_on:
+                active, below = True, 0
+        out[i] = active
+    return out, AlertState(active=active, above=above, below=below)
+
+
+@dataclass(frozen=True)
+class Contributor:
+    """One series that drove an anomaly, with what was seen and what the model expected."""
+
+    series: str
+    feature: str  # "short" (vs recent median) or "season" (vs daily profile + level)
+    observed: float
+    expected: float
+    surprise: float  # -log10 of the training probability of a deviation this large
+
+    def describe(self) -> str:
+        return (
+            f"{self.series} {self.observed:.4g} (expected {self.expected:.4g}, "
+            f"{self.feature}, p~1e-{self.surprise:.1f})"
+        )
+
+
+def top_contributors(
+    surprises: np.ndarray,
+    observed: np.ndarray,
+    expected: np.ndarray,
+    names: list[str],
+    k: int,
+) -> list[Contributor]:
+    """The ``k`` features of one row with the largest surprise, one per series."""
+    order = np.argsort(-surprises, kind="stable")
+    out: list[Contributor] = []
+    seen: set[str] = set()
+    for j in order:
+        series, _, feature = names[j].rpartition(":")
+        if series in seen or surprises[j] <= 0:
+            continue
+        seen.add(series)
+        out.append(
+            Contributor(
+                series=series,
+                feature=feature,
+                observed=float(observed[j]),
+                expected=float(expected[j]),
+                surprise=float(surprises[j]),
+            )
+        )
+        if len(out) >= k:
+            break
+    return out

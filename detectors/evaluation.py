@@ -1,0 +1,175 @@
+"""Detection quality metrics over 0/1 labels and 0/1 predictions (or scores).
+
+All functions take 1-D arrays of equal length for one entity. Definitions:
+
+- point-wise: precision/recall/F1 over individual points.
+- point-adjusted: a labelled event counts as fully detected when any of its points is flagged
+  (Xu et al., WWW'18). Known to flatter random scores; reported for comparison only.
+- event-wise: recall = labelled events hit by at least one flagged point; precision = flagged runs
+  (maximal runs of consecutive flagged points) that overlap a labelled event.
+- composite F1: harmonic mean of event recall and point-wise precision (Garg et al., 2021).
+- false alerts: flagged runs that overlap no labelled event, per day of test data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+SECONDS_PER_DAY = 86400.0
+
+
+def runs(flags: np.ndarray) -> np.ndarray:
+    """Maximal runs of true values as an (n, 2) array of ``[start, stop)`` indices."""
+    f = np.asarray(flags, dtype=bool).astype(np.int8)
+    if f.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    edges = np.diff(np.concatenate(([0], f, [0])))
+    starts = np.flatnonzero(edges == 1)
+    stops = np.flatnonzero(edges == -1)
+    return np.stack([starts, stops], axis=1).astype(np.int64)
+
+
+def _f1(p: float, r: float) -> float:
+    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp > 0 else 0.0
+    r = tp / (tp + fn) if tp + fn > 0 else 0.0
+    return p, r, _f1(p, r)
+
+
+def point_adjust(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Predictions with every labelled event that has any flagged point flagged entirely."""
+    y = np.asarray(labels, dtype=bool)
+    out = np.asarray(pred, dtype=bool).copy()
+    for a, b in runs(y):
+        if out[a:b].any():
+            out[a:b] = True
+    return out
+
+
+@dataclass
+class Counts:
+    """Additive counts for one entity; summing them pools entities."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    pa_tp: int = 0
+    pa_fp: int = 0
+    pa_fn: int = 0
+    events: int = 0
+    events_hit: int = 0
+    flagged_runs: int = 0
+    true_runs: int = 0
+    false_runs: int = 0
+    days: float = 0.0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+
+def counts(labels: np.ndarray, pred: np.ndarray, days: float | None = None) -> Counts:
+    """Count what the metrics need for one entity (``days`` defaults to one point a minute)."""
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(pred, dtype=bool)
+    if y.shape != p.shape:
+        raise ValueError(f"labels {y.shape} and predictions {p.shape} differ in shape")
+    pa = point_adjust(y, p)
+    events = runs(y)
+    flagged = runs(p)
+    hit = sum(bool(p[a:b].any()) for a, b in events)
+    true_runs = sum(bool(y[a:b].any()) for a, b in flagged)
+    return Counts(
+        tp=int(np.sum(y & p)),
+        fp=int(np.sum(~y & p)),
+        fn=int(np.sum(y & ~p)),
+        pa_tp=int(np.sum(y & pa)),
+        pa_fp=int(np.sum(~y & pa)),
+        pa_fn=int(np.sum(y & ~pa)),
+        events=len(events),
+        events_hit=hit,
+        flagged_runs=len(flagged),
+        true_runs=true_runs,
+        false_runs=len(flagged) - true_runs,
+        days=float(days) if days is not None else y.size / 1440.0,
+    )
+
+
+@dataclass
+class Metrics:
+    point_precision: float
+    point_recall: float
+    point_f1: float
+    pa_precision: float
+    pa_recall: float
+    pa_f1: float
+    event_precision: float
+    event_recall: float
+    event_f1: float
+    composite_f1: float
+    false_alerts_per_day: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def metrics_from_counts(c: Counts) -> Metrics:
+    """Metrics from (possibly pooled) counts."""
+    pp, pr, pf = _prf(c.tp, c.fp, c.fn)
+    ap, ar, af = _prf(c.pa_tp, c.pa_fp, c.pa_fn)
+    er = c.events_hit / c.events if c.events else 0.0
+    ep = c.true_runs / c.flagged_runs if c.flagged_runs else 0.0
+    return Metrics(
+        point_precision=pp,
+        point_recall=pr,
+        point_f1=pf,
+        pa_precision=ap,
+        pa_recall=ar,
+        pa_f1=af,
+        event_precision=ep,
+        event_recall=er,
+        event_f1=_f1(ep, er),
+        composite_f1=_f1(pp, er),
+        false_alerts_per_day=c.false_runs / c.days if c.days > 0 else 0.0,
+    )
+
+
+def evaluate(labels: np.ndarray, pred: np.ndarray, days: float | None = None) -> Metrics:
+    """All metrics for one entity."""
+    return metrics_from_counts(counts(labels, pred, days))
+
+
+def best_point_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """Best point-wise F1 over all thresholds on ``scores`` (higher = more anomalous).
+
+    Returns ``(f1, threshold)``; flags are ``scores >= threshold``. An oracle number: it uses the
+    labels to choose the threshold, so it says how good the ranking is, not what would have alerted.
+    """
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    pos = int(y.sum())
+    if pos == 0 or s.size == 0:
+        return 0.0, float("inf")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted = s[order]
+    tp = np.cumsum(y[order])
+    k = np.arange(1, s.size + 1)
+    # Only the last index of each tied score is a valid cut.
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    tp, k, cut = tp[last], k[last], s_sorted[last]
+    f1 = 2 * tp / (k + pos)
+    i = int(np.argmax(f1))
+    return float(f1[i]), float(cut[i])
+
+
+def best_point_f1_pooled(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Best point F1 per entity, averaged over entities (each entity picks its own threshold)."""
+    vals = [best_point_f1(y, s)[0] for y, s in pairs if np.asarray(y).any()]
+    return float(np.mean(vals)) if vals else 0.0

@@ -1,0 +1,241 @@
+"""Feature building: a regular-grid frame of named series -> residual z-scores per series.
+
+Input is one node's frame: index = unix seconds (or a DatetimeIndex) on a regular grid, one column
+per named series, counters already converted to rates by the caller, NaN for missing points.
+
+For each series two residuals of a cheap forecast are built (the backtests chose these over raw
+levels, which turn every lasting level shift into hours of alerts):
+
+- ``short``: value minus the median of the previous ``short_window`` points (sudden changes);
+- ``season``: value minus its time-of-day profile (median per bin over the training days), minus
+  the median of that difference over the previous ``long_window`` points (deviations from the usual
+  daily shape that last longer than the short window). Without two full cycles of training data the
+  profile is zero and this is a plain long-window residual.
+
+Each residual is centred and scaled with its training median and a robust scale, so the output is a
+matrix of robust z-scores. Series that are constant (or empty) in training are dropped, gaps are
+forward-filled from the last seen value (training median before any), so NaN never reaches a model.
+
+Everything is causal and works on a history buffer plus new rows, so a backtest over a month and a
+live call with one new row run the same code (``FeatureBuilder.transform``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+KINDS = ("short", "season")
+_MAD_TO_SIGMA = 1.4826
+_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Windows are in points of the frame's grid."""
+
+    short_window: int = 10
+    long_window: int = 60
+    season_seconds: int = 86400
+    season_bin_seconds: int = 300
+    min_season_cycles: float = 2.0
+
+
+@dataclass
+class History:
+    """The last raw (gap-filled) rows a node has seen: the context the next rows need."""
+
+    ts: np.ndarray  # (h,) float seconds
+    values: np.ndarray  # (h, n_series)
+
+
+@dataclass
+class FeatureBlock:
+    """Features for a block of rows: z-scores plus what each feature observed and expected."""
+
+    ts: np.ndarray  # (n,)
+    z: np.ndarray  # (n, n_features)
+    observed: np.ndarray  # (n, n_features) raw value of the feature's series
+    expected: np.ndarray  # (n, n_features) forecast of that value
+    history: History = field(repr=False)  # context to pass to the next call
+
+
+def frame_timestamps(frame: pd.DataFrame) -> np.ndarray:
+    """Unix seconds (float) of a frame's index (numbers or a DatetimeIndex)."""
+    idx = frame.index
+    if isinstance(idx, pd.DatetimeIndex):
+        if idx.tz is not None:
+            idx = idx.tz_convert("UTC").tz_localize(None)
+        return (idx.asi8 // 10**9).astype(float) if idx.asi8.size else np.zeros(0)
+    return np.asarray(idx, dtype=float)
+
+
+def robust_center_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column median and a robust scale with fallbacks (MAD, IQR, std, 1) that is never 0."""
+    x = np.asarray(x, dtype=float)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        ones = np.ones(x.shape[1])
+        return np.zeros(x.shape[1]), ones
+    med = np.nanmedian(x, axis=0)
+    mad = _MAD_TO_SIGMA * np.nanmedian(np.abs(x - med), axis=0)
+    q1, q3 = np.nanpercentile(x, [25, 75], axis=0)
+    scale = np.maximum(mad, (q3 - q1) / 1.349)
+    std = np.nanstd(x, axis=0)
+    scale = np.where(scale > 0, scale, std)
+    tiny = 1e-9 * np.maximum(np.abs(med), 1.0)
+    scale = np.where(np.isfinite(scale) & (scale > tiny), scale, np.maximum(std, tiny))
+    scale = np.where(scale > 0, scale, 1.0)
+    return np.nan_to_num(med), scale
+
+
+def ffill(values: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN down the rows; leading NaN take ``fill`` (per column)."""
+    v = np.array(values, dtype=float, copy=True)
+    mask = np.isnan(v)
+    if not mask.any():
+        return v
+    n = v.shape[0]
+    idx = np.where(~mask, np.arange(n)[:, None], -1)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    cols = np.broadcast_to(np.arange(v.shape[1]), v.shape)
+    out = np.where(idx >= 0, v[np.maximum(idx, 0), cols], fill[None, :])
+    return out
+
+
+def trailing_median(x: np.ndarray, window: int, start: int) -> np.ndarray:
+    """Median of the ``window`` rows before each row ``i >= start`` of ``x`` (fewer at the top).
+
+    Returns an array of shape ``(len(x) - start, n_cols)``.
+    """
+    n, d = x.shape
+    out = np.empty((n - start, d))
+    # Rows with fewer than ``window`` rows before them (only without history): one by one.
+    head = min(n, max(start, window))
+    for i in range(start, head):
+        out[i - start] = np.median(x[max(0, i - window) : i], axis=0) if i > 0 else x[0]
+    for lo in range(head, n, _CHUNK):
+        hi = min(n, lo + _CHUNK)
+        win = np.lib.stride_tricks.sliding_window_view(x[lo - window : hi - 1], window, axis=0)
+        out[lo - start : hi - start] = np.median(win, axis=-1)
+    return out
+
+
+class FeatureBuilder:
+    """Fit on a training frame; ``transform`` new rows with the history carried between calls."""
+
+    def __init__(self, config: FeatureConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def fit(self, frame: pd.DataFrame) -> FeatureBuilder:
+        """Learn kept columns, fill values, seasonal profile and feature scaling from training."""
+        cfg = self.config
+        ts = frame_timestamps(frame)
+        raw = frame.to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(raw)
+            raw = np.where(finite, raw, np.nan)
+            lo = np.nanmin(np.where(finite, raw, np.inf), axis=0) if raw.size else np.zeros(0)
+            hi = np.nanmax(np.where(finite, raw, -np.inf), axis=0) if raw.size else np.zeros(0)
+        keep = finite.any(axis=0) & (hi > lo)
+        self.columns_ = [str(c) for c, k in zip(frame.columns, keep, strict=True) if k]
+        self.dropped_ = [str(c) for c, k in zip(frame.columns, keep, strict=True) if not k]
+        raw = raw[:, keep]
+        self.fill_ = np.nan_to_num(np.nanmedian(raw, axis=0)) if raw.shape[0] else np.zeros(0)
+        self.step_ = float(np.median(np.diff(ts))) if ts.size > 1 else 60.0
+        values = ffill(raw, self.fill_)
+
+        self.bin_seconds_ = max(float(cfg.season_bin_seconds), self.step_)
+        self.n_bins_ = max(1, round(cfg.season_seconds / self.bin_seconds_))
+        span = (ts[-1] - ts[0] + self.step_) if ts.size else 0.0
+        self.profile_ = np.zeros((self.n_bins_, values.shape[1]))
+        if values.shape[1] and span >= cfg.min_season_cycles * cfg.season_seconds:
+            ph = self._phase(ts)
+            prof = pd.DataFrame(values).groupby(ph).median()
+            self.profile_[:] = np.median(values, axis=0)
+            self.profile_[prof.index.to_numpy()] = prof.to_numpy()
+        self.history_len_ = max(cfg.short_window, cfg.long_window)
+
+        # Feature scaling from the training residuals themselves (same code as transform).
+        self.center_ = np.zeros(2 * values.shape[1])
+        self.scale_ = np.ones(2 * values.shape[1])
+        empty = History(ts=np.zeros(0), values=np.zeros((0, values.shape[1])))
+        z, _, _ = self._residuals(empty, ts, values)
+        warm = min(self.history_len_, max(0, len(z) - 1))
+        self.center_, self.scale_ = robust_center_scale(z[warm:])
+        self.feature_names_ = [f"{c}:{k}" for k in KINDS for c in self.columns_]
+        self.series_index_ = np.tile(np.arange(len(self.columns_)), len(KINDS))
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names_)
+
+    def empty_history(self) -> History:
+        return History(ts=np.zeros(0), values=np.zeros((0, len(self.columns_))))
+
+    def history_from(self, frame: pd.DataFrame) -> History:
+        """History (gap-filled tail) after ``frame``: what the next rows' features need."""
+        return self.transform(frame.iloc[-self.history_len_ :], None).history
+
+    # -- transforming ----------------------------------------------------------------------------
+    def select(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Timestamps and the kept columns of ``frame`` as floats (absent columns are NaN)."""
+        ts = frame_timestamps(frame)
+        if [str(c) for c in frame.columns] == self.columns_:
+            sub = frame
+        else:
+            sub = frame.rename(columns=str).reindex(columns=self.columns_)
+        try:
+            out = sub.to_numpy(dtype=float, na_value=np.nan)
+        except (TypeError, ValueError):
+            out = sub.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        out = np.array(out, dtype=float, copy=True)
+        out[~np.isfinite(out)] = np.nan
+        return ts, out
+
+    def transform(self, frame: pd.DataFrame, history: History | None) -> FeatureBlock:
+        """Features of the rows of ``frame`` given the history before them (None = none)."""
+        ts, raw = self.select(frame)
+        return self.transform_values(ts, raw, history)
+
+    def transform_values(
+        self, ts: np.ndarray, raw: np.ndarray, history: History | None
+    ) -> FeatureBlock:
+        """Like ``transform`` on arrays: ``raw`` is (n, n_kept_columns) with NaN for gaps."""
+        hist = history if history is not None else self.empty_history()
+        start_fill = hist.values[-1] if len(hist.values) else self.fill_
+        values = ffill(np.vstack([start_fill[None, :], raw]), self.fill_)[1:]
+        z, obs, exp = self._residuals(hist, ts, values)
+        h = self.history_len_
+        all_ts = np.concatenate([hist.ts, ts])[-h:]
+        all_vals = np.vstack([hist.values, values])[-h:]
+        return FeatureBlock(
+            ts=ts, z=z, observed=obs, expected=exp, history=History(ts=all_ts, values=all_vals)
+        )
+
+    def _phase(self, ts: np.ndarray) -> np.ndarray:
+        season = float(self.config.season_seconds)
+        return ((np.mod(ts, season) // self.bin_seconds_).astype(np.int64)) % self.n_bins_
+
+    def _residuals(
+        self, hist: History, ts: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cfg = self.config
+        k = len(hist.values)
+        all_ts = np.concatenate([hist.ts, ts])
+        x = np.vstack([hist.values, values])
+        n = len(values)
+        if n == 0:
+            e = np.zeros((0, 2 * x.shape[1]))
+            return e, e, e
+        short_base = trailing_median(x, cfg.short_window, k)
+        d = x - self.profile_[self._phase(all_ts)]
+        level = trailing_median(d, cfg.long_window, k)
+        season_base = self.profile_[self._phase(ts)] + level
+        expected = np.hstack([short_base, season_base])
+        observed = np.hstack([values, values])
+        z = (observed - expected - self.center_) / self.scale_
+        return z, observed, expected
