@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ENV_PREFIX = "DCWATCH_"
 
 
@@ -211,6 +209,8 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read: {e.strerror or e}") from None
+    import yaml  # only when a file is given: an agent run from flags never loads it
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

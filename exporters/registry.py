@@ -1,4 +1,9 @@
-"""The one table of collectors. ``@register`` adds a class; flags derive from the table."""
+"""The one table of collectors: name → module, default on/off. ``@register`` binds the class.
+
+Names and defaults are known without importing anything, so flags can be validated and a
+disabled collector's module (and what it imports, e.g. ctypes/NVML) is never loaded: the agent
+stays small.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,14 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from exporters.base import Collector
 
-# Modules imported to fill the table, in scrape/output order.
-COLLECTOR_MODULES = (
-    "exporters.gpu",
-    "exporters.power",
-    "exporters.thermal",
-    "exporters.network",
-    "exporters.selfmon",
-)
+# name: (module, enabled by default), in scrape/output order.
+COLLECTORS: dict[str, tuple[str, bool]] = {
+    "gpu": ("exporters.gpu", True),
+    "power": ("exporters.power", True),
+    "thermal": ("exporters.thermal", True),
+    "network": ("exporters.network", True),
+    "self": ("exporters.selfmon", True),
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,11 @@ C = TypeVar("C", bound="type[Collector]")
 
 
 def register(name: str, *, default: bool = True, description: str = "") -> Callable[[C], C]:
-    """Class decorator: make a collector available as ``name``."""
+    """Class decorator: bind ``name`` (declared in ``COLLECTORS``) to its collector class."""
+    if name not in COLLECTORS:
+        raise ValueError(f"collector {name!r} is not declared in exporters.registry.COLLECTORS")
+    if COLLECTORS[name][1] != default:
+        raise ValueError(f"collector {name!r}: default={default} disagrees with COLLECTORS")
 
     def deco(cls: C) -> C:
         cls.name = name
@@ -43,27 +52,21 @@ def register(name: str, *, default: bool = True, description: str = "") -> Calla
     return deco
 
 
-def _load() -> dict[str, Entry]:
-    for mod in COLLECTOR_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a real import error inside the module, not a missing module
-                raise
-    return _TABLE
-
-
-def entries() -> list[Entry]:
-    return list(_load().values())
-
-
 def names() -> list[str]:
-    return list(_load())
+    return list(COLLECTORS)
 
 
 def default_names() -> list[str]:
-    return [e.name for e in _load().values() if e.default]
+    return [n for n, (_, default) in COLLECTORS.items() if default]
 
 
 def get(name: str) -> Entry:
-    return _load()[name]
+    """The entry of one collector, importing only its module."""
+    if name not in _TABLE:
+        importlib.import_module(COLLECTORS[name][0])
+    return _TABLE[name]
+
+
+def entries() -> list[Entry]:
+    """Every collector's entry (imports every collector module: for tests and docs)."""
+    return [get(n) for n in COLLECTORS]
