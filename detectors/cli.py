@@ -16,7 +16,7 @@ BACKTEST_USAGE = """usage: dcwatch backtest {detect,forecast} [options]
 
 
 def analyzer_main(argv: Sequence[str]) -> int:
-    from detectors.service import main
+    from detectors.main import main
 
     return main(list(argv))
 

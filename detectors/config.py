@@ -1,4 +1,10 @@
-"""The analyzer's configuration: flags > ``DCWATCH_*`` > YAML file > defaults, parsed once."""
+"""The analyzer's configuration: flags > ``DCWATCH_*`` > YAML file > defaults, parsed once.
+
+Sections (YAML keys; each is also a flag ``--section-key`` and a variable
+``DCWATCH_SECTION_KEY``): top-level service keys, ``embedded.*`` (the default source),
+``prometheus.*`` (read from Prometheus instead), ``model.*`` (detection), ``alerting.*``
+(Alertmanager, see detectors/alerts.py) and ``capacity_rules`` (a list, see detectors/capacity.py).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,18 @@ from typing import Any
 
 from agent import settings as st
 from agent.settings import ConfigError, Setting
+from detectors.alerts import ALERTING_SETTINGS, AlertingConfig, alerting_config_from
+from detectors.prometheus_source import PrometheusConfig
+from detectors.scraper import EmbeddedConfig
 
 DEFAULT_PORT = 9479
 
-ANALYZER_SETTINGS: tuple[Setting, ...] = (
+SERVICE_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "listen",
         st.to_host_port,
         ("0.0.0.0", DEFAULT_PORT),
-        f"HOST:PORT to serve the overview page and /metrics on (default port {DEFAULT_PORT})",
+        f"HOST:PORT for the overview page, /metrics and /healthz (default port {DEFAULT_PORT})",
     ),
     Setting(
         "state_dir",
@@ -29,18 +38,16 @@ ANALYZER_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", st.one_of("debug", "info", "warning", "error"), "info", "log level"),
     Setting(
-        "external_url",
-        st.to_str,
-        "",
-        "URL under which people reach this analyzer "
-        "(alerts' generatorURL); default http://<listen>",
+        "queries_file",
+        st.to_optional_path,
+        None,
+        "YAML list of named PromQL queries (default: the built-in set)",
     ),
-    # data in: embedded (default) or Prometheus
     Setting(
         "targets",
         st.to_str_list,
         (),
-        "agent /metrics URLs to scrape (embedded mode)",
+        "agent /metrics URL to scrape (embedded mode)",
         flag="--target",
         is_list=True,
     ),
@@ -48,76 +55,71 @@ ANALYZER_SETTINGS: tuple[Setting, ...] = (
         "targets_file",
         st.to_optional_path,
         None,
-        "file of agent URLs (one per line or a YAML list), reloaded on change",
+        "file of agent URLs (one per line or a YAML list), reloaded when it changes",
     ),
-    Setting("scrape_interval", st.to_positive_float, 15.0, "embedded scrape interval"),
-    Setting("scrape_timeout", st.to_positive_float, 10.0, "embedded scrape timeout per target"),
-    Setting("retention", st.to_positive_float, 14 * 86400.0, "history kept in the embedded store"),
+    Setting("embedded.scrape_interval", st.to_positive_float, 15.0, "embedded scrape interval"),
+    Setting("embedded.scrape_timeout", st.to_positive_float, 10.0, "embedded scrape timeout"),
+    Setting(
+        "embedded.retention",
+        st.to_positive_float,
+        14 * 86400.0,
+        "history kept in the embedded store",
+    ),
+    Setting("embedded.concurrency", st.to_int, 64, "targets scraped at once"),
     Setting("prometheus.url", st.to_str, "", "read from this Prometheus instead of scraping"),
     Setting("prometheus.bearer_token_file", st.to_optional_path, None, "bearer token file"),
     Setting("prometheus.username", st.to_str, "", "basic auth user"),
     Setting("prometheus.password_file", st.to_optional_path, None, "basic auth password file"),
     Setting("prometheus.ca_file", st.to_optional_path, None, "CA bundle for https"),
+    Setting("prometheus.cert_file", st.to_optional_path, None, "client certificate"),
+    Setting("prometheus.key_file", st.to_optional_path, None, "client certificate key"),
     Setting(
         "prometheus.insecure_skip_verify", st.to_bool, False, "skip TLS verification", is_bool=True
     ),
-    Setting("prometheus.timeout", st.to_positive_float, 30.0, "query timeout"),
+    Setting("prometheus.timeout", st.to_positive_float, 30.0, "seconds per query"),
+    Setting("prometheus.retries", st.to_int, 3, "retries of a failed query"),
+    Setting("model.step", st.to_positive_float, 15.0, "evaluation step: one score per node"),
     Setting(
-        "queries_file",
-        st.to_optional_path,
-        None,
-        "YAML list of named PromQL queries (default: the built-in set)",
+        "model.train_window", st.to_positive_float, 7 * 86400.0, "history a model is fitted on"
     ),
-    # detection
-    Setting("step", st.to_positive_float, 15.0, "evaluation step: one score per node per step"),
-    Setting("train_window", st.to_positive_float, 7 * 86400.0, "history a model is fitted on"),
     Setting(
-        "min_train", st.to_positive_float, 3600.0, "history needed before a node leaves cold start"
-    ),
-    Setting("refit_interval", st.to_positive_float, 86400.0, "refit every node this often"),
-    Setting(
-        "false_alerts_per_week",
+        "model.min_train",
         st.to_positive_float,
-        1.0,
-        "target false-alert rate per node used to calibrate the threshold",
+        3600.0,
+        "history a node needs before it leaves cold start",
     ),
-    Setting("workers", st.to_int, 1, "processes for model fits (0 = in the scoring process)"),
-    Setting("dask_scheduler", st.to_str, "", "run fits on this Dask distributed scheduler"),
-    # alerts out
+    Setting("model.refit_interval", st.to_positive_float, 86400.0, "refit each node this often"),
     Setting(
-        "alertmanagers",
-        st.to_str_list,
-        (),
-        "Alertmanager base URLs (every one gets every alert)",
-        flag="--alertmanager",
-        is_list=True,
-    ),
-    Setting(
-        "resend_interval",
+        "model.alerts_per_week",
         st.to_positive_float,
-        60.0,
-        "re-send active alerts this often (below Alertmanager's resolve_timeout)",
+        0.35,
+        "target false-alert rate per node; calibrates the threshold on training scores",
     ),
     Setting(
-        "alert_log",
-        st.to_optional_path,
-        None,
-        "append-only JSON-lines file of alert state changes (default <state_dir>/alerts.jsonl)",
+        "model.workers",
+        st.to_int,
+        1,
+        "processes for model fits (0: fit in a thread of the service process)",
     ),
-    Setting("runbook_url", st.to_str, "", "runbook URL template ({alertname} is replaced)"),
-    Setting("dashboard_url", st.to_str, "", "dashboard URL template ({instance} is replaced)"),
+    Setting(
+        "model.dask_scheduler",
+        st.to_str,
+        "",
+        "address of a Dask distributed scheduler to run fits on (tcp://host:8786)",
+    ),
 )
+ANALYZER_SETTINGS: tuple[Setting, ...] = SERVICE_SETTINGS + ALERTING_SETTINGS
 
 
 @dataclass(frozen=True)
-class PrometheusSettings:
-    url: str = ""
-    bearer_token_file: Path | None = None
-    username: str = ""
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    insecure_skip_verify: bool = False
-    timeout: float = 30.0
+class ModelSettings:
+    step: float = 15.0
+    train_window: float = 7 * 86400.0
+    min_train: float = 3600.0
+    refit_interval: float = 86400.0
+    alerts_per_week: float | None = None  # None: the detector's default
+    workers: int = 1
+    dask_scheduler: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,37 +127,23 @@ class AnalyzerConfig:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
     state_dir: Path = Path("/var/lib/dcwatch")
     log_level: str = "info"
-    external_url: str = ""
-    targets: tuple[str, ...] = ()
-    targets_file: Path | None = None
-    scrape_interval: float = 15.0
-    scrape_timeout: float = 10.0
-    retention: float = 14 * 86400.0
-    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
     queries_file: Path | None = None
-    step: float = 15.0
-    train_window: float = 7 * 86400.0
-    min_train: float = 3600.0
-    refit_interval: float = 86400.0
-    false_alerts_per_week: float = 1.0
-    workers: int = 1
-    dask_scheduler: str = ""
-    alertmanagers: tuple[str, ...] = ()
-    resend_interval: float = 60.0
-    alert_log: Path | None = None
-    runbook_url: str = ""
-    dashboard_url: str = ""
-    capacity_rules: tuple[Any, ...] = ()  # raw rule mappings; parsed by the capacity module
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    prometheus: PrometheusConfig | None = None
+    model: ModelSettings = field(default_factory=ModelSettings)
+    alerting: AlertingConfig = field(default_factory=lambda: alerting_config_from({}, Path(".")))
+    capacity_rules: tuple[Any, ...] = ()  # raw rule mappings, parsed by detectors/capacity.py
     source: str = "flags/env"
 
     @property
     def mode(self) -> str:
-        return "prometheus" if self.prometheus.url else "embedded"
+        return "prometheus" if self.prometheus is not None else "embedded"
 
     @property
-    def generator_url(self) -> str:
+    def external_url(self) -> str:
         host, port = self.listen
-        return self.external_url or f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return self.alerting.external_url or f"http://{local}:{port}"
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -176,19 +164,56 @@ def load_analyzer_config(
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AnalyzerConfig:
     file = args.config or (Path(env["DCWATCH_CONFIG"]) if env.get("DCWATCH_CONFIG") else None)
+    where = f"config file {file}" if file else "configuration"
     v, raw = st.resolve(ANALYZER_SETTINGS, args, env, file, extra_file_keys=("capacity_rules",))
-    rules = raw.get("capacity_rules", ())
+    rules = raw.get("capacity_rules", [])
     if not isinstance(rules, list):
-        raise ConfigError(f"config file {file}: key 'capacity_rules': must be a list of rules")
-    if v["workers"] < 0:
-        raise ConfigError("key 'workers': must be >= 0")
-    if v["min_train"] > v["train_window"]:
-        raise ConfigError("key 'min_train': must not exceed train_window")
-    plain = {k: val for k, val in v.items() if "." not in k}
-    prom = {k.split(".", 1)[1]: val for k, val in v.items() if k.startswith("prometheus.")}
+        raise ConfigError(f"{where}: key 'capacity_rules': must be a list of rules")
+    state_dir: Path = v["state_dir"]
+
+    def section(prefix: str) -> dict[str, Any]:
+        return {k[len(prefix) + 1 :]: val for k, val in v.items() if k.startswith(prefix + ".")}
+
+    try:
+        embedded = EmbeddedConfig(
+            targets=v["targets"],
+            targets_file=v["targets_file"],
+            db_path=state_dir / "embedded.db",
+            **section("embedded"),
+        )
+    except ValueError as e:
+        raise ConfigError(f"{where}: section 'embedded': {e}") from None
+    prom = section("prometheus")
+    prometheus = None
+    if prom.pop("url"):
+        try:
+            prometheus = PrometheusConfig(url=v["prometheus.url"], **prom)
+        except ValueError as e:
+            raise ConfigError(f"{where}: section 'prometheus': {e}") from None
+    model = ModelSettings(**section("model"))
+    if model.workers < 0:
+        raise ConfigError(f"{where}: key 'model.workers': must be >= 0")
+    if model.min_train > model.train_window:
+        raise ConfigError(f"{where}: key 'model.min_train': must not exceed model.train_window")
+    if model.step < embedded.scrape_interval and prometheus is None:
+        raise ConfigError(f"{where}: key 'model.step': must be >= embedded.scrape_interval")
+    try:
+        alerting = alerting_config_from(v, state_dir)
+    except ValueError as e:
+        raise ConfigError(f"{where}: section 'alerting': {e}") from None
+    if prometheus is None and not embedded.targets and embedded.targets_file is None:
+        raise ConfigError(
+            f"{where}: no data source: give targets / targets_file (embedded) or prometheus.url"
+        )
     return AnalyzerConfig(
-        **plain,
-        prometheus=PrometheusSettings(**prom),
+        listen=v["listen"],
+        state_dir=state_dir,
+        log_level=v["log_level"],
+        queries_file=v["queries_file"],
+        embedded=embedded,
+        prometheus=prometheus,
+        model=model,
+        alerting=alerting,
         capacity_rules=tuple(rules),
         source=str(file) if file else "flags/env",
     )

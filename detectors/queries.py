@@ -25,7 +25,6 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +186,8 @@ def parse_queries(data: Any, source: str = "queries") -> tuple[NamedQuery, ...]:
 def load_queries(path: Path | str | None = None) -> tuple[NamedQuery, ...]:
     """Queries from ``path``, or the built-in default set when ``path`` is None."""
     if path is None:
-        text = resources.files("detectors").joinpath(DEFAULT_QUERIES_FILE).read_text()
+        # Next to this module (package data): works for wheels and editable installs alike.
+        text = (Path(__file__).parent / DEFAULT_QUERIES_FILE).read_text()
         source = f"detectors/{DEFAULT_QUERIES_FILE}"
     else:
         try:

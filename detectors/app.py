@@ -1,0 +1,138 @@
+"""The analyzer's HTTP application: ``/`` overview, ``/metrics``, ``/healthz``, ``/api/...``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from agent.app import accepts_gzip, encode
+from detectors.alert_sender import AlertSender
+from detectors.config import AnalyzerConfig
+from detectors.frame import Source
+from detectors.metrics import analyzer_families
+from detectors.page import render_overview
+from detectors.queries import load_queries
+from detectors.service import Analyzer
+
+log = logging.getLogger("dcwatch.analyzer")
+
+ANALYZER = web.AppKey("analyzer", Analyzer)
+STARTED = web.AppKey("started", float)
+
+
+def make_source(cfg: AnalyzerConfig) -> Source:
+    queries = load_queries(cfg.queries_file)
+    if cfg.prometheus is not None:
+        from detectors.prometheus_source import PrometheusSource
+
+        return PrometheusSource(cfg.prometheus, queries)
+    from detectors.scraper import EmbeddedSource
+
+    return EmbeddedSource(cfg.embedded, queries)
+
+
+def make_app(
+    cfg: AnalyzerConfig, *, source: Source | None = None, run_loop: bool = True
+) -> web.Application:
+    """Build the analyzer app; tests may pass their own ``source`` or drive passes by hand."""
+    app = web.Application()
+    app[STARTED] = time.time()
+
+    async def service_ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        src = source or make_source(cfg)
+        await src.start()  # type: ignore[attr-defined]
+        sender = AlertSender(cfg.alerting)
+        await sender.start()
+        analyzer = Analyzer(cfg, src, sender)
+        await analyzer.start()
+        app[ANALYZER] = analyzer
+        loop_task = asyncio.create_task(analyzer.run()) if run_loop else None
+        log.info(
+            "analyzer up: %s source, %d alertmanager(s), state in %s",
+            cfg.mode,
+            len(cfg.alerting.alertmanagers),
+            cfg.state_dir,
+        )
+        yield
+        if loop_task is not None:
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop_task
+        await analyzer.close()
+        await sender.stop()
+        await src.close()  # type: ignore[attr-defined]
+
+    app.cleanup_ctx.append(service_ctx)
+    app.router.add_get("/", overview_handler)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    app.router.add_get("/api/nodes", nodes_handler)
+    app.router.add_post("/api/refit", refit_handler)
+    return app
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body, ctype = encode(
+        list(analyzer_families(request.app[ANALYZER])), request.headers.get("Accept", "")
+    )
+    headers = {"Content-Type": ctype}
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        import gzip
+
+        body = gzip.compress(body, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    an = request.app[ANALYZER]
+    states: dict[str, int] = {}
+    for n in an.nodes.values():
+        states[n.status] = states.get(n.status, 0) + 1
+    status = {
+        "status": "ok" if not an.last_source_error or an.passes else "degraded",
+        "mode": an.cfg.mode,
+        "nodes": states,
+        "passes": an.passes,
+        "uptime_seconds": round(time.time() - request.app[STARTED], 1),
+    }
+    return web.json_response(status, dumps=lambda o: json.dumps(o) + "\n")
+
+
+async def nodes_handler(request: web.Request) -> web.Response:
+    an = request.app[ANALYZER]
+    out = []
+    for n in sorted(an.nodes.values(), key=lambda n: n.instance):
+        out.append(
+            {
+                "instance": n.instance,
+                "state": n.status,
+                "score": n.score,
+                "anomaly": n.anomaly,
+                "contributors": [c.describe() for c in n.contributors],
+                "fitted_at": n.model.fitted_at_ if n.model is not None else None,
+                "fit_error": n.fit_error,
+            }
+        )
+    return web.json_response(out)
+
+
+async def refit_handler(request: web.Request) -> web.Response:
+    """On-demand refit: ``POST /api/refit?instance=X`` (every node without ``instance``)."""
+    an = request.app[ANALYZER]
+    wanted = request.query.get("instance")
+    if wanted is not None and wanted not in an.nodes:
+        raise web.HTTPNotFound(text=f"unknown instance {wanted!r}\n")
+    started = [i for i in ([wanted] if wanted else list(an.nodes)) if an.request_fit(i)]
+    return web.json_response({"refitting": started}, status=202)
+
+
+async def overview_handler(request: web.Request) -> web.Response:
+    return web.Response(text=render_overview(request.app[ANALYZER]), content_type="text/html")

@@ -1,0 +1,110 @@
+"""The analyzer's own metrics: per-node scores and model state, sources, alert delivery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import Metric
+
+from exporters.base import Families, MetricSpec
+
+if TYPE_CHECKING:
+    from detectors.service import Analyzer
+
+SCORE = MetricSpec(
+    "dcwatch_anomaly_score",
+    "Anomaly score of the node's latest step, relative to its calibrated "
+    "threshold (>= 1 is above it)",
+    ("instance",),
+)
+ANOMALY = MetricSpec(
+    "dcwatch_anomaly", "1 while the node is in an anomaly (alerting)", ("instance",)
+)
+CONTRIBUTION = MetricSpec(
+    "dcwatch_anomaly_contributor_surprise",
+    "Top series driving a current anomaly: -log10 of the training "
+    "probability of a deviation this large",
+    ("instance", "series", "rank"),
+)
+OBSERVED = MetricSpec(
+    "dcwatch_anomaly_contributor_observed",
+    "Observed value of a top contributing series",
+    ("instance", "series"),
+)
+EXPECTED = MetricSpec(
+    "dcwatch_anomaly_contributor_expected",
+    "Expected value of a top contributing series",
+    ("instance", "series"),
+)
+STATE = MetricSpec("dcwatch_model_state", "1 for the node's model state", ("instance", "state"))
+FIT_TIME = MetricSpec(
+    "dcwatch_model_fit_timestamp_seconds", "When the node's model was fitted", ("instance",)
+)
+FIT_AGE = MetricSpec("dcwatch_model_age_seconds", "Age of the node's model", ("instance",))
+FIT_DURATION = MetricSpec(
+    "dcwatch_model_fit_duration_seconds", "Duration of the node's last fit", ("instance",)
+)
+SERIES = MetricSpec("dcwatch_model_series", "Series the node's model uses", ("instance",))
+SCORED = MetricSpec(
+    "dcwatch_scored_rows_total", "Rows scored for the node", ("instance",), kind="counter"
+)
+PASS = MetricSpec("dcwatch_scoring_pass_duration_seconds", "Duration of the last scoring pass")
+PASSES = MetricSpec("dcwatch_scoring_passes_total", "Scoring passes", kind="counter")
+NODES = MetricSpec("dcwatch_nodes", "Nodes known to the analyzer, by model state", ("state",))
+SOURCE_ERRORS = MetricSpec(
+    "dcwatch_source_errors_total", "Scoring passes that could not read their source", kind="counter"
+)
+TARGET_UP = MetricSpec(
+    "dcwatch_target_up", "1 if the embedded scrape of the agent succeeded", ("target", "instance")
+)
+TARGET_FAILURES = MetricSpec(
+    "dcwatch_target_scrape_failures_total",
+    "Failed embedded scrapes of the agent",
+    ("target", "instance"),
+    kind="counter",
+)
+TARGET_DURATION = MetricSpec(
+    "dcwatch_target_scrape_duration_seconds",
+    "Duration of the last embedded scrape",
+    ("target", "instance"),
+)
+STATES = ("cold_start", "fitted", "stale")
+
+
+def analyzer_families(an: Analyzer) -> Iterable[Metric]:
+    f = Families()
+    now = time.time()
+    counts = dict.fromkeys(STATES, 0)
+    for node in an.nodes.values():
+        inst = node.instance
+        counts[node.status] += 1
+        for st in STATES:
+            f.add(STATE, 1 if node.status == st else 0, inst, st)
+        f.add(SCORE, node.score, inst)
+        f.add(ANOMALY, int(node.anomaly) if node.model is not None else None, inst)
+        f.add(SCORED, node.scored_rows, inst)
+        if node.model is not None:
+            f.add(FIT_TIME, node.model.fitted_at_, inst)
+            f.add(FIT_AGE, now - node.model.fitted_at_, inst)
+            f.add(SERIES, len(node.model.series), inst)
+        if node.fit_duration:
+            f.add(FIT_DURATION, node.fit_duration, inst)
+        if node.anomaly:
+            for rank, c in enumerate(node.contributors, 1):
+                f.add(CONTRIBUTION, c.surprise, inst, c.series, str(rank))
+                f.add(OBSERVED, c.observed, inst, c.series)
+                f.add(EXPECTED, c.expected, inst, c.series)
+    for st, n in counts.items():
+        f.add(NODES, n, st)
+    f.add(PASS, an.pass_duration if an.passes else None)
+    f.add(PASSES, an.passes)
+    f.add(SOURCE_ERRORS, an.source_errors)
+    targets = getattr(getattr(an.source, "scraper", None), "targets", {})
+    for t in targets.values():
+        f.add(TARGET_UP, None if t.up is None else int(t.up), t.url, t.instance)
+        f.add(TARGET_FAILURES, t.failures, t.url, t.instance)
+        f.add(TARGET_DURATION, t.last_duration if t.up is not None else None, t.url, t.instance)
+    yield from f
+    yield from an.sender.collect()

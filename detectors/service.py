@@ -1,0 +1,293 @@
+"""The analyzer's live loop: read the latest rows per node, score them, decide, alert.
+
+Per node the state moves cold start → fitted (→ stale when a refit is overdue or failing).
+Scoring happens every ``model.step``; fits run in the background (process pool or Dask) and
+swap in when done; fitted models are persisted atomically and loaded at start, so a restart
+opens no blind window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detectors.alert_sender import AlertSender
+from detectors.alerts import Contributor as AlertContributor
+from detectors.alerts import build_alert
+from detectors.config import AnalyzerConfig
+from detectors.decisions import Contributor
+from detectors.fitting import FitBackend, ModelStore
+from detectors.frame import Frame, Source, split_column
+from detectors.models.node import ModelConfig, NodeModel
+
+log = logging.getLogger("dcwatch.analyzer")
+
+ANOMALY_ALERT = "DcwatchNodeAnomaly"
+BACKFILL_POINTS = 240  # after a pause, score at most this many missed steps per node
+
+
+@dataclass
+class NodeState:
+    """What the service knows of one node, for /metrics, the page and alerts."""
+
+    instance: str
+    first_seen: float
+    status: str = "cold_start"  # cold_start | fitted | stale
+    model: NodeModel | None = None
+    score: float | None = None
+    anomaly: bool = False
+    contributors: list[Contributor] = field(default_factory=list)
+    fit_duration: float = 0.0
+    fit_error: str = ""
+    next_fit_try: float = 0.0
+    fitting: bool = False
+    scored_rows: int = 0
+    alert_key: str = ""  # the firing alert's identity, fixed for the whole incident
+    device: dict[str, str] = field(default_factory=dict)  # implicated gpu/device, fixed too
+
+
+class Analyzer:
+    """Owns node states, the fit backend and the scoring loop."""
+
+    def __init__(
+        self,
+        cfg: AnalyzerConfig,
+        source: Source,
+        sender: AlertSender,
+        model_config: ModelConfig | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.sender = sender
+        base = model_config or ModelConfig()
+        if cfg.model.alerts_per_week is not None:
+            base = dataclasses.replace(
+                base,
+                decisions=dataclasses.replace(
+                    base.decisions, alerts_per_week=cfg.model.alerts_per_week
+                ),
+            )
+        self.model_config = base
+        self.nodes: dict[str, NodeState] = {}
+        self.models = ModelStore(cfg.state_dir / "models")
+        self.backend = FitBackend(cfg.model.workers, cfg.model.dask_scheduler)
+        self.pass_duration = 0.0
+        self.passes = 0
+        self.source_errors = 0
+        self.last_source_error = ""
+        self._fit_slots = asyncio.Semaphore(max(1, cfg.model.workers))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.backend.start()
+        now = time.time()
+        for instance, model in self.models.load_all().items():
+            self.nodes[instance] = NodeState(instance, now, status="fitted", model=model)
+        if self.nodes:
+            log.info("loaded %d fitted models from %s", len(self.nodes), self.models.dir)
+        # Alerts still firing from before a restart are kept; the first pass resolves them
+        # if their node is back to normal.
+        for rec in self.sender.firing():
+            inst = rec.alert.labels.get("instance", "")
+            if inst in self.nodes and rec.alert.labels.get("alertname") == ANOMALY_ALERT:
+                node = self.nodes[inst]
+                node.anomaly, node.alert_key = True, rec.key
+                node.device = {
+                    k: rec.alert.labels[k] for k in ("gpu", "device") if k in rec.alert.labels
+                }
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backend.close()
+
+    async def run(self) -> None:
+        """Score every ``step`` seconds, on the step grid, until cancelled."""
+        step = self.cfg.model.step
+        while True:
+            t0 = time.time()
+            try:
+                await self.score_pass(t0)
+            except Exception:  # one bad pass must not stop the service
+                log.exception("scoring pass failed; next pass in %gs", step)
+            await asyncio.sleep(max(0.0, step - (time.time() - t0)))
+
+    # -- scoring ---------------------------------------------------------------------------------
+    async def score_pass(self, now: float) -> None:
+        step = self.cfg.model.step
+        t0 = time.perf_counter()
+        try:
+            frames = await self.source.latest(step, self._points_needed(now), now)
+        except Exception as e:  # source down: keep state, report, retry next step
+            self.source_errors += 1
+            self.last_source_error = f"{type(e).__name__}: {e}"
+            log.warning(
+                "source unavailable (%s); nodes keep their state, retry in %gs",
+                self.last_source_error,
+                step,
+            )
+            return
+        for instance, frame in frames.items():
+            node = self.nodes.get(instance)
+            if node is None:
+                node = self.nodes[instance] = NodeState(instance, now)
+                log.info(
+                    "new node %s: cold start until %gs of history",
+                    instance,
+                    self.cfg.model.min_train,
+                )
+            if node.model is not None:
+                await self._score_node(node, frame)
+            self._maybe_fit(node, now)
+        self._update_staleness(now)
+        self.pass_duration = time.perf_counter() - t0
+        self.passes += 1
+
+    def _points_needed(self, now: float) -> int:
+        last = [
+            n.model.last_ts_
+            for n in self.nodes.values()
+            if n.model is not None and math.isfinite(n.model.last_ts_)
+        ]
+        if not last:
+            return 4
+        behind = int((now - min(last)) / self.cfg.model.step) + 2
+        return max(4, min(BACKFILL_POINTS, behind))
+
+    async def _score_node(self, node: NodeState, frame: Frame) -> None:
+        model = node.model
+        assert model is not None
+        new = frame.times > model.last_ts_
+        if not new.any():
+            return
+        rows = Frame(frame.times[new], frame.columns, frame.values[new])
+        result = model.score(rows)
+        node.scored_rows += len(rows)
+        node.score = float(result.score[-1])
+        was, node.anomaly = node.anomaly, bool(result.is_anomaly[-1])
+        if node.anomaly:
+            node.contributors = next(
+                (c for c in reversed(result.contributors) if c), node.contributors
+            )
+            await self._fire(node)
+        elif was:
+            node.contributors, node.device = [], {}
+            if node.alert_key:
+                await self.sender.resolve(node.alert_key)
+            node.alert_key = ""
+            log.info("node %s back to normal; alert resolved", node.instance)
+
+    def _alert(self, node: NodeState):  # type: ignore[no-untyped-def]
+        contributors = [
+            AlertContributor(c.series, c.observed, c.expected) for c in node.contributors
+        ]
+        if not node.alert_key:  # a new incident: the top contributor names the device
+            node.device = {}
+            for c in node.contributors[:1]:
+                _, label, value = split_column(c.series)
+                if label in ("gpu", "device") and value is not None:
+                    node.device[label] = value
+        top = node.contributors[0].series if node.contributors else "several series"
+        return build_alert(
+            self.cfg.alerting,
+            alertname=ANOMALY_ALERT,
+            severity="warning",
+            instance=node.instance,
+            summary=f"{node.instance} behaves unlike its history ({top})",
+            contributors=contributors,
+            score=node.score,
+            **node.device,
+        )
+
+    async def _fire(self, node: NodeState) -> None:
+        alert = self._alert(node)
+        if not node.alert_key:
+            log.warning(
+                "anomaly on %s (score %.2f): %s",
+                node.instance,
+                node.score or 0,
+                "; ".join(c.describe() for c in node.contributors) or "no detail",
+            )
+        node.alert_key = alert.key
+        await self.sender.fire(alert)
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def _maybe_fit(self, node: NodeState, now: float) -> None:
+        m = self.cfg.model
+        if node.fitting or now < node.next_fit_try:
+            return
+        due = node.model is None or now - node.model.fitted_at_ >= m.refit_interval
+        if due:
+            self.request_fit(node.instance, now)
+
+    def request_fit(self, instance: str, now: float | None = None) -> bool:
+        """Start a fit of ``instance`` on the history up to ``now`` in the background (also the
+        on-demand refit); False if it is unknown or already fitting."""
+        node = self.nodes.get(instance)
+        if node is None or node.fitting:
+            return False
+        node.fitting = True
+        task = asyncio.create_task(self._fit(node, time.time() if now is None else now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def wait_fits(self) -> None:
+        """Wait for the fits under way (tests, shutdown)."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _fit(self, node: NodeState, now: float) -> None:
+        m = self.cfg.model
+        try:
+            async with self._fit_slots:
+                frames = await self.source.fetch(now - m.train_window, now, m.step)
+                frame = frames.get(node.instance)
+                rows = 0 if frame is None else int(np.isfinite(frame.values).any(axis=1).sum())
+                if rows * m.step < m.min_train:
+                    # Not enough history yet: stay in cold start, look again later.
+                    node.next_fit_try = now + max(m.step, min(300.0, m.min_train / 4))
+                    return
+                t0 = time.perf_counter()
+                model = await self.backend.fit(frame, self.model_config)
+                node.fit_duration = time.perf_counter() - t0
+            await asyncio.to_thread(self.models.save, node.instance, model)
+            # Rows scored since the fit's frame was read are re-scored by the new model.
+            node.model, node.status, node.fit_error = model, "fitted", ""
+            node.next_fit_try = 0.0
+            log.info(
+                "fitted %s on %d rows in %.2fs (%d series)",
+                node.instance,
+                rows,
+                node.fit_duration,
+                len(model.series),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            node.fit_error = f"{type(e).__name__}: {e}"
+            node.next_fit_try = now + 300
+            log.error(
+                "fit of %s failed: %s; keeps its old model, retry in 300s",
+                node.instance,
+                node.fit_error,
+            )
+        finally:
+            node.fitting = False
+
+    def _update_staleness(self, now: float) -> None:
+        limit = 2 * self.cfg.model.refit_interval
+        for node in self.nodes.values():
+            if node.model is None:
+                node.status = "cold_start"
+            elif node.fit_error or now - node.model.fitted_at_ > limit:
+                node.status = "stale"
+            else:
+                node.status = "fitted"

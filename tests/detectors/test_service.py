@@ -1,0 +1,167 @@
+"""The analyzer service with a synthetic source: cold start, fit, anomaly alert, resolve,
+persistence across a restart, on-demand refit, source outage, /metrics and the page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.settings import ConfigError
+from detectors.app import ANALYZER, make_app
+from detectors.config import load_analyzer_config
+from detectors.frame import Frame
+
+STEP = 15.0
+COLUMNS = ('gpu_temp{gpu="0"}', 'gpu_temp{gpu="1"}', "node_power", "rx_rate")
+
+
+class FakeSource:
+    """A node whose series are noisy but steady; ``fault`` makes GPU 1 overheat."""
+
+    def __init__(self, start: float) -> None:
+        self.t0 = start
+        self.rng = np.random.default_rng(7)
+        self.fault = False
+        self.down = False
+        self.cache: dict[float, np.ndarray] = {}
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def _row(self, t: float) -> np.ndarray:
+        if t not in self.cache:
+            base = np.array([60.0, 61.0, 1800.0, 2e6])
+            noise = self.rng.normal(0, [0.5, 0.5, 15.0, 5e4])
+            self.cache[t] = base + noise
+        row = self.cache[t].copy()
+        if self.fault and t >= self.fault_from:
+            row[1] += 30.0  # GPU 1 climbs far above anything seen
+            row[2] += 400.0
+        return row
+
+    def _frame(self, start: float, end: float) -> Frame:
+        times = np.arange(np.ceil(start / STEP) * STEP, end + 1e-9, STEP)
+        times = times[times >= self.t0]
+        return Frame(times, COLUMNS, np.array([self._row(t) for t in times]).reshape(-1, 4))
+
+    async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]:
+        if self.down:
+            raise OSError("connection refused")
+        return {"node-1:9478": self._frame(start, end)}
+
+    async def latest(self, step: float, points: int, now: float | None = None) -> dict[str, Frame]:
+        assert now is not None
+        return await self.fetch(now - (points - 1) * step, now, step)
+
+
+def config(tmp_path: Path, *extra: str):
+    return load_analyzer_config(
+        [
+            "--target",
+            "http://node-1:9478/metrics",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--model-min-train",
+            "3h",
+            "--model-workers",
+            "0",
+            *extra,
+        ],
+        env={},
+    )
+
+
+async def drive(app, src: FakeSource, start: float, end: float) -> None:
+    an = app[ANALYZER]
+    t = start
+    while t <= end:
+        await an.score_pass(t)
+        await an.wait_fits()
+        t += STEP
+
+
+@pytest.fixture
+def clock_start() -> float:
+    return 1_700_000_000.0 // STEP * STEP
+
+
+async def test_cold_start_fit_alert_resolve_restart(
+    aiohttp_client, tmp_path: Path, clock_start: float
+) -> None:
+    t0 = clock_start
+    src = FakeSource(t0)
+    app = make_app(config(tmp_path), source=src, run_loop=False)
+    client = await aiohttp_client(app)
+    an = app[ANALYZER]
+
+    # Cold start: one hour of history is not enough (min_train 3 h); the node says so.
+    await drive(app, src, t0, t0 + 3600)
+    assert an.nodes["node-1:9478"].status == "cold_start"
+    body = await (await client.get("/metrics")).text()
+    assert 'dcwatch_model_state{instance="node-1:9478",state="cold_start"} 1.0' in body
+
+    # After 3 h it fits and scores quietly.
+    await drive(app, src, t0 + 3600 + STEP, t0 + 4 * 3600)
+    node = an.nodes["node-1:9478"]
+    assert node.status == "fitted" and not node.anomaly
+    assert node.model is not None and len(node.model.series) == 4
+    assert list((tmp_path / "state/models").glob("*.model"))
+
+    # A fault: GPU 1 overheats. The alert names the GPU and the contributors.
+    src.fault, src.fault_from = True, t0 + 4 * 3600 + STEP
+    await drive(app, src, src.fault_from, src.fault_from + 10 * STEP)
+    assert node.anomaly
+    assert node.contributors and node.contributors[0].series.startswith("gpu_temp")
+    log_lines = [json.loads(x) for x in (tmp_path / "state/alerts.jsonl").read_text().splitlines()]
+    fired = log_lines[-1]
+    assert fired["labels"]["alertname"] == "DcwatchNodeAnomaly"
+    assert fired["labels"]["instance"] == "node-1:9478"
+    assert fired["labels"]["gpu"] == "1"
+    assert 'gpu_temp{gpu="1"}' in fired["annotations"]["description"]
+    body = await (await client.get("/metrics")).text()
+    assert 'dcwatch_anomaly{instance="node-1:9478"} 1.0' in body
+    assert "dcwatch_anomaly_contributor_surprise{" in body
+    page = await (await client.get("/")).text()
+    assert "DcwatchNodeAnomaly" in page and "node-1:9478" in page
+
+    # Back to normal: the alert resolves (endsAt set), within a few minutes.
+    src.fault = False
+    await drive(app, src, src.fault_from + 11 * STEP, src.fault_from + 40 * STEP)
+    assert not node.anomaly
+    last = json.loads((tmp_path / "state/alerts.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "resolved"
+
+    # On-demand refit.
+    r = await client.post("/api/refit?instance=node-1:9478")
+    assert r.status == 202 and (await r.json())["refitting"] == ["node-1:9478"]
+    assert (await client.post("/api/refit?instance=nope")).status == 404
+
+    # A source outage is reported and the node keeps its model.
+    src.down = True
+    await an.score_pass(src.fault_from + 41 * STEP)
+    assert an.source_errors == 1 and node.model is not None
+    await client.close()
+
+    # Restart: the model is loaded from disk, no cold start window.
+    src.down = False
+    app2 = make_app(config(tmp_path), source=src, run_loop=False)
+    client2 = await aiohttp_client(app2)
+    node2 = app2[ANALYZER].nodes["node-1:9478"]
+    assert node2.status == "fitted" and node2.model is not None
+    await client2.close()
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    f = tmp_path / "analyzer.yaml"
+    f.write_text("model:\n  workers: many\n")
+    with pytest.raises(ConfigError, match=f"config file {f}: key 'model.workers'"):
+        load_analyzer_config(["--config", str(f), "--target", "http://x:1/metrics"], env={})
+    with pytest.raises(ConfigError, match="no data source"):
+        load_analyzer_config([], env={})
+    f.write_text("capacity_rules: {a: 1}\ntargets: [http://x:1/metrics]\n")
+    with pytest.raises(ConfigError, match="capacity_rules"):
+        load_analyzer_config(["--config", str(f)], env={})
