@@ -9,6 +9,7 @@ Sections (YAML keys; each is also a flag ``--section-key`` and a variable
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,9 +142,7 @@ class AnalyzerConfig:
 
     @property
     def external_url(self) -> str:
-        host, port = self.listen
-        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        return self.alerting.external_url or f"http://{local}:{port}"
+        return self.alerting.external_url
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -199,6 +198,10 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
         raise ConfigError(f"{where}: key 'model.step': must be >= embedded.scrape_interval")
     try:
         alerting = alerting_config_from(v, state_dir)
+        if not alerting.external_url:  # generatorURL: where people reach this analyzer
+            host, port = v["listen"]
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            alerting = dataclasses.replace(alerting, external_url=f"http://{local}:{port}")
     except ValueError as e:
         raise ConfigError(f"{where}: section 'alerting': {e}") from None
     if prometheus is None and not embedded.targets and embedded.targets_file is None:
