@@ -13,7 +13,6 @@ All functions take 1-D arrays of equal length for one entity. Definitions:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -167,9 +166,3 @@ def best_point_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]
     f1 = 2 * tp / (k + pos)
     i = int(np.argmax(f1))
     return float(f1[i]), float(cut[i])
-
-
-def best_point_f1_pooled(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Best point F1 per entity, averaged over entities (each entity picks its own threshold)."""
-    vals = [best_point_f1(y, s)[0] for y, s in pairs if np.asarray(y).any()]
-    return float(np.mean(vals)) if vals else 0.0

@@ -23,9 +23,11 @@ live call with one new row run the same code (``FeatureBuilder.transform``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 KINDS = ("short", "season")
 _MAD_TO_SIGMA = 1.4826
@@ -41,6 +43,8 @@ class FeatureConfig:
     season_seconds: int = 86400
     season_bin_seconds: int = 300
     min_season_cycles: float = 2.0
+    volatility_halflife: float = 0.0  # points; > 0 divides residuals by their running mean size
+    volatility_floor: float = 0.25  # of the training mean |residual|, so flat spells don't blow up
 
 
 @dataclass
@@ -49,6 +53,7 @@ class History:
 
     ts: np.ndarray  # (h,) float seconds
     values: np.ndarray  # (h, n_series)
+    volatility: np.ndarray | None = None  # (n_features,) running mean |residual|, if enabled
 
 
 @dataclass
@@ -62,14 +67,46 @@ class FeatureBlock:
     history: History = field(repr=False)  # context to pass to the next call
 
 
+class FrameLike(Protocol):
+    """``detectors.frame.Frame``: ``times`` (epoch seconds), ``columns``, ``values`` (2-D)."""
+
+    times: np.ndarray
+    columns: tuple[str, ...]
+    values: np.ndarray
+
+    def __len__(self) -> int: ...
+
+
+AnyFrame: TypeAlias = "pd.DataFrame | FrameLike"
+
+
 def frame_timestamps(frame: pd.DataFrame) -> np.ndarray:
-    """Unix seconds (float) of a frame's index (numbers or a DatetimeIndex)."""
+    """Unix seconds (float) of a DataFrame's index (numbers or a DatetimeIndex)."""
     idx = frame.index
     if isinstance(idx, pd.DatetimeIndex):
         if idx.tz is not None:
             idx = idx.tz_convert("UTC").tz_localize(None)
-        return (idx.asi8 // 10**9).astype(float) if idx.asi8.size else np.zeros(0)
+        return idx.as_unit("ns").asi8.astype(float) / 1e9
     return np.asarray(idx, dtype=float)
+
+
+def frame_arrays(frame: AnyFrame) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(timestamps, column names, float values with NaN for missing) of either kind of frame."""
+    if isinstance(frame, pd.DataFrame):
+        ts = frame_timestamps(frame)
+        cols = [str(c) for c in frame.columns]
+        try:
+            vals = frame.to_numpy(dtype=float, na_value=np.nan)
+        except (TypeError, ValueError):
+            num = frame.apply(pd.to_numeric, errors="coerce")
+            vals = num.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        ts = np.asarray(frame.times, dtype=float)
+        cols = [str(c) for c in frame.columns]
+        vals = np.asarray(frame.values, dtype=float)
+    vals = np.array(vals, dtype=float, copy=True).reshape(len(ts), len(cols))
+    vals[~np.isfinite(vals)] = np.nan
+    return ts, cols, vals
 
 
 def robust_center_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,19 +166,18 @@ class FeatureBuilder:
         self.config = config or FeatureConfig()
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, frame: pd.DataFrame) -> FeatureBuilder:
+    def fit(self, frame: AnyFrame) -> FeatureBuilder:
         """Learn kept columns, fill values, seasonal profile and feature scaling from training."""
         cfg = self.config
-        ts = frame_timestamps(frame)
-        raw = frame.to_numpy(dtype=float, na_value=np.nan)
+        ts, names, raw = frame_arrays(frame)
         with np.errstate(all="ignore"):
             finite = np.isfinite(raw)
             raw = np.where(finite, raw, np.nan)
             lo = np.nanmin(np.where(finite, raw, np.inf), axis=0) if raw.size else np.zeros(0)
             hi = np.nanmax(np.where(finite, raw, -np.inf), axis=0) if raw.size else np.zeros(0)
         keep = finite.any(axis=0) & (hi > lo)
-        self.columns_ = [str(c) for c, k in zip(frame.columns, keep, strict=True) if k]
-        self.dropped_ = [str(c) for c, k in zip(frame.columns, keep, strict=True) if not k]
+        self.columns_ = [str(c) for c, k in zip(names, keep, strict=True) if k]
+        self.dropped_ = [str(c) for c, k in zip(names, keep, strict=True) if not k]
         raw = raw[:, keep]
         self.fill_ = np.nan_to_num(np.nanmedian(raw, axis=0)) if raw.shape[0] else np.zeros(0)
         self.step_ = float(np.median(np.diff(ts))) if ts.size > 1 else 60.0
@@ -159,12 +195,22 @@ class FeatureBuilder:
         self.history_len_ = max(cfg.short_window, cfg.long_window)
 
         # Feature scaling from the training residuals themselves (same code as transform).
-        self.center_ = np.zeros(2 * values.shape[1])
-        self.scale_ = np.ones(2 * values.shape[1])
+        n_feat = 2 * values.shape[1]
+        self.center_ = np.zeros(n_feat)
+        self.scale_ = np.ones(n_feat)
+        self.volatility0_ = np.ones(n_feat)
+        self.volatility_floor_ = np.ones(n_feat)
         empty = History(ts=np.zeros(0), values=np.zeros((0, values.shape[1])))
-        z, _, _ = self._residuals(empty, ts, values)
-        warm = min(self.history_len_, max(0, len(z) - 1))
-        self.center_, self.scale_ = robust_center_scale(z[warm:])
+        r, _, _ = self._residuals(empty, ts, values)
+        warm = min(self.history_len_, max(0, len(r) - 1))
+        if cfg.volatility_halflife > 0 and len(r):
+            size = np.abs(r[warm:]).mean(axis=0)
+            tiny = 1e-9 * np.maximum(np.abs(values).max(axis=0), 1.0)
+            size = np.maximum(size, np.concatenate([tiny, tiny]))
+            self.volatility0_ = size
+            self.volatility_floor_ = cfg.volatility_floor * size
+        u, _ = self._normalise(r, self.volatility0_)
+        self.center_, self.scale_ = robust_center_scale(u[warm:])
         self.feature_names_ = [f"{c}:{k}" for k in KINDS for c in self.columns_]
         self.series_index_ = np.tile(np.arange(len(self.columns_)), len(KINDS))
         return self
@@ -176,27 +222,24 @@ class FeatureBuilder:
     def empty_history(self) -> History:
         return History(ts=np.zeros(0), values=np.zeros((0, len(self.columns_))))
 
-    def history_from(self, frame: pd.DataFrame) -> History:
-        """History (gap-filled tail) after ``frame``: what the next rows' features need."""
-        return self.transform(frame.iloc[-self.history_len_ :], None).history
+    def history_from(self, frame: AnyFrame) -> History:
+        """The context after ``frame``: what the features of the rows that follow it need."""
+        return self.transform(frame, None).history
 
-    # -- transforming ----------------------------------------------------------------------------
-    def select(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Timestamps and the kept columns of ``frame`` as floats (absent columns are NaN)."""
-        ts = frame_timestamps(frame)
-        if [str(c) for c in frame.columns] == self.columns_:
-            sub = frame
-        else:
-            sub = frame.rename(columns=str).reindex(columns=self.columns_)
-        try:
-            out = sub.to_numpy(dtype=float, na_value=np.nan)
-        except (TypeError, ValueError):
-            out = sub.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        out = np.array(out, dtype=float, copy=True)
-        out[~np.isfinite(out)] = np.nan
+    def select(self, frame: AnyFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Timestamps and the model's columns of ``frame`` (absent columns are all NaN)."""
+        ts, names, vals = frame_arrays(frame)
+        if names == self.columns_:
+            return ts, vals
+        out = np.full((len(ts), len(self.columns_)), np.nan)
+        pos = {n: i for i, n in enumerate(names)}
+        for j, c in enumerate(self.columns_):
+            i = pos.get(c)
+            if i is not None:
+                out[:, j] = vals[:, i]
         return ts, out
 
-    def transform(self, frame: pd.DataFrame, history: History | None) -> FeatureBlock:
+    def transform(self, frame: AnyFrame, history: History | None) -> FeatureBlock:
         """Features of the rows of ``frame`` given the history before them (None = none)."""
         ts, raw = self.select(frame)
         return self.transform_values(ts, raw, history)
@@ -208,13 +251,34 @@ class FeatureBuilder:
         hist = history if history is not None else self.empty_history()
         start_fill = hist.values[-1] if len(hist.values) else self.fill_
         values = ffill(np.vstack([start_fill[None, :], raw]), self.fill_)[1:]
-        z, obs, exp = self._residuals(hist, ts, values)
+        r, obs, exp = self._residuals(hist, ts, values)
+        vol0 = hist.volatility if hist.volatility is not None else self.volatility0_
+        u, vol = self._normalise(r, vol0)
+        z = (u - self.center_) / self.scale_
         h = self.history_len_
         all_ts = np.concatenate([hist.ts, ts])[-h:]
         all_vals = np.vstack([hist.values, values])[-h:]
         return FeatureBlock(
-            ts=ts, z=z, observed=obs, expected=exp, history=History(ts=all_ts, values=all_vals)
+            ts=ts,
+            z=z,
+            observed=obs,
+            expected=exp,
+            history=History(ts=all_ts, values=all_vals, volatility=vol),
         )
+
+    def _normalise(self, r: np.ndarray, vol: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Residuals divided by their running mean size before each row (if enabled)."""
+        hl = self.config.volatility_halflife
+        if hl <= 0:
+            return r, None
+        if len(r) == 0:
+            return r, vol
+        alpha = 1.0 - 0.5 ** (1.0 / hl)
+        run = lfilter([alpha], [1.0, alpha - 1.0], np.abs(r), axis=0, zi=((1 - alpha) * vol)[None])[
+            0
+        ]
+        before = np.vstack([vol[None, :], run[:-1]])
+        return r / np.maximum(before, self.volatility_floor_), run[-1].copy()
 
     def _phase(self, ts: np.ndarray) -> np.ndarray:
         season = float(self.config.season_seconds)
@@ -237,5 +301,4 @@ class FeatureBuilder:
         season_base = self.profile_[self._phase(ts)] + level
         expected = np.hstack([short_base, season_base])
         observed = np.hstack([values, values])
-        z = (observed - expected - self.center_) / self.scale_
-        return z, observed, expected
+        return observed - expected, observed, expected

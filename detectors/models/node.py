@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from detectors.decisions import (
     SECONDS_PER_DAY,
@@ -32,7 +31,7 @@ from detectors.decisions import (
     smooth,
     top_contributors,
 )
-from detectors.features import FeatureBuilder, FeatureConfig, History
+from detectors.features import AnyFrame, FeatureBuilder, FeatureConfig, History
 from detectors.models.ensemble import EnsembleDetector
 
 STATE_VERSION = 1
@@ -73,8 +72,9 @@ class NodeModel:
         self.fitted = False
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, frame: pd.DataFrame) -> NodeModel:
-        """Fit on a training frame (regular grid, named series); resets the streaming state."""
+    def fit(self, frame: AnyFrame) -> NodeModel:
+        """Fit on a training frame (regular grid, named series; a DataFrame indexed by unix seconds
+        or a ``detectors.frame.Frame``); resets the streaming state."""
         cfg = self.config
         if len(frame) < 2:
             raise ValueError(f"need at least 2 training rows, got {len(frame)}")
@@ -117,7 +117,7 @@ class NodeModel:
             raise NotFittedError("NodeModel is not fitted: call fit(frame) first")
 
     # -- scoring ---------------------------------------------------------------------------------
-    def score(self, rows: pd.DataFrame, explain: bool = True) -> ScoreResult:
+    def score(self, rows: AnyFrame, explain: bool = True) -> ScoreResult:
         """Score new rows (after everything scored or trained on before), advancing the state."""
         self._check()
         ts, values = self.features_.select(rows)
@@ -166,7 +166,7 @@ class NodeModel:
 
 
 def score_batch(
-    items: Sequence[tuple[NodeModel, pd.DataFrame]], explain: bool = True
+    items: Sequence[tuple[NodeModel, AnyFrame]], explain: bool = True
 ) -> list[ScoreResult]:
     """Score new rows for many nodes; each model's state advances as with ``NodeModel.score``."""
     return [model.score(rows, explain) for model, rows in items]

@@ -1,0 +1,177 @@
+"""Decisions (smoothing, calibration, alert rule, contributors) and the NodeModel around them."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detectors.decisions import (
+    AlertState,
+    DecisionConfig,
+    apply_rule,
+    calibrate_threshold,
+    smooth,
+    top_contributors,
+)
+from detectors.evaluation import runs
+from detectors.frame import Frame
+from detectors.models.node import ModelConfig, NodeModel, NotFittedError, score_batch
+
+STEP = 60.0
+
+
+def test_smooth_streaming_equals_batch() -> None:
+    x = np.random.default_rng(0).random(50)
+    whole, _ = smooth(np.zeros(0), x, 4)
+    parts, tail = [], np.zeros(0)
+    for i in range(0, 50, 7):
+        out, tail = smooth(tail, x[i : i + 7], 4)
+        parts.append(out)
+    np.testing.assert_allclose(np.concatenate(parts), whole)
+    assert whole[0] == x[0] and whole[5] == pytest.approx(x[2:6].mean())
+    assert np.array_equal(smooth(np.zeros(0), x, 1)[0], x)
+
+
+def test_calibration_hits_the_target_rate_on_training_data() -> None:
+    rng = np.random.default_rng(1)
+    days = 60.0
+    s = rng.exponential(1.0, int(days * 1440))
+    cfg = DecisionConfig(alerts_per_week=7.0, hold_points=5)  # one a day
+    t = calibrate_threshold(s, days, cfg).value
+    n = len(runs(apply_rule(s / t, AlertState(), cfg)[0]))
+    assert 0.4 * days <= n <= 2.0 * days
+    rarer = calibrate_threshold(s, days, DecisionConfig(alerts_per_week=0.1)).value
+    assert rarer > t
+    # Extrapolates beyond the training maximum when asked for rarer alerts than seen.
+    assert (
+        calibrate_threshold(s[:1440], 1.0, DecisionConfig(alerts_per_week=0.1)).value
+        > s[:1440].max()
+    )
+
+
+def test_calibration_of_flat_scores_is_finite_and_above_them() -> None:
+    t = calibrate_threshold(np.zeros(1000), 1.0, DecisionConfig())
+    assert np.isfinite(t.value) and t.value > 0
+    assert calibrate_threshold(np.zeros(0), 1.0, DecisionConfig()).value == 1.0
+
+
+def test_rule_persistence_and_hold() -> None:
+    cfg = DecisionConfig(for_points=2, hold_points=3)
+    s = np.array([0, 2, 0, 2, 2, 2, 0, 0, 2, 0, 0, 0, 0], dtype=float)
+    flags, state = apply_rule(s, AlertState(), cfg)
+    # One noisy point does not fire; the gap of 2 below does not resolve; 3 below do.
+    assert flags.astype(int).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+    assert not state.active
+    # Streaming in pieces gives the same flags.
+    st, parts = AlertState(), []
+    for i in range(0, len(s), 4):
+        f, st = apply_rule(s[i : i + 4], st, cfg)
+        parts.append(f)
+    np.testing.assert_array_equal(np.concatenate(parts), flags)
+
+
+def test_top_contributors_one_per_series() -> None:
+    names = ["gpu_temp:short", "power:short", "gpu_temp:season", "power:season"]
+    surprises = np.array([5.0, 1.0, 7.0, 0.0])
+    obs = np.array([90.0, 300.0, 90.0, 300.0])
+    exp = np.array([60.0, 290.0, 58.0, 295.0])
+    top = top_contributors(surprises, obs, exp, names, k=3)
+    assert [(c.series, c.feature) for c in top] == [("gpu_temp", "season"), ("power", "short")]
+    assert top[0].observed == 90.0 and top[0].expected == 58.0
+    assert "gpu_temp 90 (expected 58" in top[0].describe()
+
+
+# -- NodeModel ---------------------------------------------------------------------------------
+
+
+def node_frame(n: int, seed: int, start: float = 1.7e9) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ts = start + STEP * np.arange(n)
+    phase = 2 * np.pi * (ts % 86400) / 86400
+    load = 0.5 + 0.3 * np.sin(phase) + rng.normal(0, 0.02, n)
+    return pd.DataFrame(
+        {
+            "gpu_temperature": 50 + 20 * load + rng.normal(0, 0.5, n),
+            "gpu_power": 100 + 200 * load + rng.normal(0, 3, n),
+            "net_rx": rng.gamma(4, 100, n),
+            "fan": np.full(n, 1200.0),
+        },
+        index=ts.astype(np.int64),
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[NodeModel, pd.DataFrame, pd.DataFrame]:
+    train = node_frame(3 * 1440, 0)
+    test = node_frame(1440, 1, start=float(train.index[-1]) + STEP)
+    # Inject a fault: GPU temperature and power climbing for 40 minutes.
+    ramp = np.linspace(0, 1, 40)
+    test.iloc[600:640, 0] += 35 * ramp
+    test.iloc[600:640, 1] += 250 * ramp
+    cfg = ModelConfig(n_estimators=30)
+    return NodeModel(cfg).fit(train), train, test
+
+
+def test_node_model_alerts_on_fault_with_contributors(fitted) -> None:
+    model, _, test = fitted
+    m = copy.deepcopy(model)
+    assert m.series == ["gpu_temperature", "gpu_power", "net_rx"]  # constant fan dropped
+    res = m.score(test)
+    assert res.score.shape == res.is_anomaly.shape == (len(test),)
+    flagged = np.flatnonzero(res.is_anomaly)
+    assert flagged.size > 0
+    assert 600 <= flagged[0] < 640  # fires during the ramp
+    assert len(runs(res.is_anomaly)) <= 2  # one incident, not a flapping alert
+    named = {c.series for i in flagged for c in res.contributors[i]}
+    assert named & {"gpu_temperature", "gpu_power"}
+    first = res.contributors[flagged[0]][0]
+    assert first.observed > first.expected
+    assert all(res.contributors[i] == [] for i in np.flatnonzero(~res.is_anomaly))
+
+
+def test_node_model_quiet_on_normal_data(fitted) -> None:
+    model, train, _ = fitted
+    m = copy.deepcopy(model)
+    clean = node_frame(1440, 7, start=float(train.index[-1]) + STEP)
+    res = m.score(clean)
+    assert len(runs(res.is_anomaly)) <= 1
+
+
+def test_node_model_streaming_equals_batch_and_survives_restart(fitted) -> None:
+    model, _, test = fitted
+    whole = copy.deepcopy(model).score(test.iloc[:700])
+    live = copy.deepcopy(model)
+    scores, flags = [], []
+    for i in range(700):
+        if i == 350:  # restart: persist and reload the state
+            live = NodeModel.loads(live.dumps())
+        r = live.score(test.iloc[i : i + 1])
+        scores.append(r.score[0])
+        flags.append(r.is_anomaly[0])
+    np.testing.assert_allclose(scores, whole.score, rtol=1e-9)
+    np.testing.assert_array_equal(flags, whole.is_anomaly)
+
+
+def test_score_batch_and_frame_input(fitted) -> None:
+    model, _, test = fitted
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    rows = test.iloc[600:610]
+    frame = Frame(
+        times=rows.index.to_numpy(dtype=float),
+        columns=tuple(rows.columns),
+        values=rows.to_numpy(dtype=float),
+    )
+    out = score_batch([(a, rows), (b, frame)])
+    np.testing.assert_allclose(out[0].score, out[1].score)
+
+
+def test_node_model_errors() -> None:
+    with pytest.raises(NotFittedError):
+        NodeModel().score(node_frame(3, 0))
+    with pytest.raises(ValueError):
+        NodeModel().fit(node_frame(1, 0))
+    with pytest.raises(ValueError):
+        NodeModel.loads(b"\x80\x05N.")  # pickled None

@@ -1,0 +1,90 @@
+"""Detection metrics on tiny hand-made label/prediction arrays with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detectors import evaluation as ev
+
+#                 0  1  2  3  4  5  6  7  8  9
+LABELS = np.array([0, 1, 1, 1, 0, 0, 1, 1, 0, 0])
+PRED = np.array([0, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+
+
+def test_runs() -> None:
+    assert ev.runs(np.array([0, 1, 1, 0, 1])).tolist() == [[1, 3], [4, 5]]
+    assert ev.runs(np.array([1, 1])).tolist() == [[0, 2]]
+    assert ev.runs(np.zeros(3)).shape == (0, 2)
+    assert ev.runs(np.zeros(0)).shape == (0, 2)
+
+
+def test_point_adjust_fills_hit_events_only() -> None:
+    assert ev.point_adjust(LABELS, PRED).astype(int).tolist() == [0, 1, 1, 1, 0, 1, 0, 0, 0, 0]
+
+
+def test_metrics_known_answers() -> None:
+    m = ev.evaluate(LABELS, PRED, days=2.0)
+    # point-wise: tp 1 (index 1), fp 1 (index 5), fn 4
+    assert m.point_precision == pytest.approx(0.5)
+    assert m.point_recall == pytest.approx(0.2)
+    assert m.point_f1 == pytest.approx(2 * 0.5 * 0.2 / 0.7)
+    # point-adjusted: first event fully detected -> tp 3, fp 1, fn 2
+    assert m.pa_precision == pytest.approx(0.75)
+    assert m.pa_recall == pytest.approx(0.6)
+    assert m.pa_f1 == pytest.approx(2 / 3)
+    # events: [1,4) hit, [6,8) missed; flagged runs [1,2) true, [5,6) false
+    assert m.event_recall == pytest.approx(0.5)
+    assert m.event_precision == pytest.approx(0.5)
+    assert m.event_f1 == pytest.approx(0.5)
+    # composite: harmonic mean of event recall 0.5 and point precision 0.5
+    assert m.composite_f1 == pytest.approx(0.5)
+    # one false run over two days
+    assert m.false_alerts_per_day == pytest.approx(0.5)
+
+
+def test_perfect_and_empty_predictions() -> None:
+    perfect = ev.evaluate(LABELS, LABELS, days=1.0)
+    assert perfect.point_f1 == perfect.event_f1 == perfect.composite_f1 == pytest.approx(1.0)
+    assert perfect.false_alerts_per_day == 0.0
+    none = ev.evaluate(LABELS, np.zeros_like(LABELS), days=1.0)
+    assert none.point_f1 == none.composite_f1 == none.event_f1 == 0.0
+    assert none.false_alerts_per_day == 0.0
+
+
+def test_no_events_only_false_alerts() -> None:
+    m = ev.evaluate(np.zeros(6), np.array([1, 1, 0, 1, 0, 0]), days=0.5)
+    assert m.event_recall == 0.0 and m.composite_f1 == 0.0
+    assert m.false_alerts_per_day == pytest.approx(4.0)  # 2 runs in half a day
+
+
+def test_counts_pool_by_addition() -> None:
+    a = ev.counts(LABELS, PRED, days=1.0)
+    b = ev.counts(np.array([1, 1, 0]), np.array([1, 0, 1]), days=1.0)
+    pooled = ev.metrics_from_counts(a + b)
+    # tp 2, fp 2, fn 5; events 3, hit 2; flagged runs 4 of which 2 true
+    assert pooled.point_precision == pytest.approx(0.5)
+    assert pooled.point_recall == pytest.approx(2 / 7)
+    assert pooled.event_recall == pytest.approx(2 / 3)
+    assert pooled.event_precision == pytest.approx(0.5)
+    assert pooled.false_alerts_per_day == pytest.approx(1.0)
+
+
+def test_best_point_f1() -> None:
+    y = np.array([0, 1, 1, 0])
+    s = np.array([0.1, 0.9, 0.8, 0.85])
+    f1, thr = ev.best_point_f1(y, s)
+    assert f1 == pytest.approx(0.8)  # top 3: tp 2, 3 flagged, 2 positives
+    assert thr == pytest.approx(0.8)
+
+
+def test_best_point_f1_respects_ties() -> None:
+    # The two tied top scores can only be flagged together.
+    f1, _ = ev.best_point_f1(np.array([1, 0, 0]), np.array([1.0, 1.0, 0.0]))
+    assert f1 == pytest.approx(2 / 3)
+    assert ev.best_point_f1(np.zeros(3), np.arange(3.0))[0] == 0.0
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        ev.counts(np.zeros(3), np.zeros(4))
