@@ -17,9 +17,11 @@ AGENT_ARGS=(--listen "${DCWATCH_AGENT_LISTEN:-127.0.0.1:9478}")
 .venv/bin/dcwatch agent "${AGENT_ARGS[@]}" "$@" &
 pids+=($!)
 
+# A short cold start so a first look shows a fitted model within minutes (production: 1 h).
 ANALYZER_ARGS=(--listen 127.0.0.1:9479 --state-dir var/analyzer
                --target "http://${DCWATCH_AGENT_LISTEN:-127.0.0.1:9478}/metrics"
-               --alert-log var/alerts.jsonl)
+               --model-min-train "${DCWATCH_MODEL_MIN_TRAIN:-10m}"
+               --alerting-alert-log var/alerts.jsonl)
 AM=$(command -v prometheus-alertmanager || command -v alertmanager || true)
 if [ -n "$AM" ]; then
   mkdir -p var/alertmanager
@@ -30,7 +32,7 @@ YML
   "$AM" --config.file=var/alertmanager/alertmanager.yml --storage.path=var/alertmanager \
     --web.listen-address=127.0.0.1:9093 --cluster.listen-address= --log.level=warn &
   pids+=($!)
-  ANALYZER_ARGS+=(--alertmanager http://127.0.0.1:9093)
+  ANALYZER_ARGS+=(--alerting-alertmanagers http://127.0.0.1:9093)
 fi
 .venv/bin/dcwatch analyzer "${ANALYZER_ARGS[@]}" &
 pids+=($!)
