@@ -7,15 +7,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from agent import sdnotify
 from agent.app import make_app
 from agent.config import AgentConfig, build_parser, config_from_args
+from agent.lifecycle import ListenError, serve_app
 from agent.settings import ConfigError
 from agent.webconfig import load_web_config, make_ssl_context
 
@@ -36,33 +33,16 @@ async def serve(config: AgentConfig) -> None:
         wc = load_web_config(config.web_config)
         if wc.tls is not None:
             ssl_ctx = make_ssl_context(wc.tls, config.web_config)
-    app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     host, port = config.listen
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
-    await site.start()
-    log.info(
-        "dcwatch agent listening on %s://%s:%d (config: %s)",
-        "https" if ssl_ctx else "http",
+    log.info("config: %s", config.source)
+    await serve_app(
+        make_app(config),
         host,
         port,
-        config.source,
+        name="dcwatch agent",
+        ssl_context=ssl_ctx,
+        on_ready=_release_startup_memory,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    _release_startup_memory()
-    sdnotify.notify("READY=1")
-    wd = sdnotify.watchdog_interval()
-    wd_task = asyncio.create_task(sdnotify.watchdog_loop(wd)) if wd else None
-    await stop.wait()
-    sdnotify.notify("STOPPING=1")
-    if wd_task:
-        wd_task.cancel()
-    await runner.cleanup()
-    log.info("dcwatch agent stopped")
 
 
 def _release_startup_memory() -> None:
@@ -92,8 +72,8 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     setup_logging(config.log_level)
     try:
         asyncio.run(serve(config))
-    except OSError as e:
-        log.error("cannot listen on %s:%d: %s", *config.listen, e)
+    except ListenError as e:
+        log.error("%s", e)
         return 1
     return 0
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from agent import sdnotify
+from agent.lifecycle import ListenError, serve_app
 from agent.settings import ConfigError
 from detectors.app import make_app
 from detectors.config import AnalyzerConfig, build_parser, config_from_args
@@ -18,32 +15,9 @@ from detectors.config import AnalyzerConfig, build_parser, config_from_args
 log = logging.getLogger("dcwatch.analyzer")
 
 
-class ListenError(OSError):
-    """The analyzer's port cannot be bound."""
-
-
 async def serve(cfg: AnalyzerConfig) -> None:
-    runner = web.AppRunner(make_app(cfg), access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = cfg.listen
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except OSError as e:
-        await runner.cleanup()
-        raise ListenError(f"cannot listen on {host}:{port}: {e}") from None
-    log.info("dcwatch analyzer listening on http://%s:%d (config: %s)", host, port, cfg.source)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sdnotify.notify("READY=1")
-    wd = sdnotify.watchdog_interval()
-    wd_task = asyncio.create_task(sdnotify.watchdog_loop(wd)) if wd else None
-    await stop.wait()
-    sdnotify.notify("STOPPING=1")
-    if wd_task:
-        wd_task.cancel()
-    await runner.cleanup()
+    log.info("config: %s", cfg.source)
+    await serve_app(make_app(cfg), *cfg.listen, name="dcwatch analyzer")
 
 
 def main(argv: Sequence[str]) -> int:
