@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
 from agent.app import accepts_gzip, encode
 from detectors.alert_sender import AlertSender
+from detectors.capacity import CapacityPlanner
+from detectors.capacity_rules import CapacityRule, parse_rules
 from detectors.config import AnalyzerConfig
 from detectors.frame import Source
 from detectors.metrics import analyzer_families
 from detectors.page import render_overview
-from detectors.queries import load_queries
+from detectors.queries import NamedQuery, load_queries, needed_metrics
 from detectors.service import Analyzer
 
 log = logging.getLogger("dcwatch.analyzer")
 
 ANALYZER = web.AppKey("analyzer", Analyzer)
 STARTED = web.AppKey("started", float)
+PLANNER = web.AppKey("planner", CapacityPlanner)
 
 
-def make_source(cfg: AnalyzerConfig) -> Source:
+def make_source(cfg: AnalyzerConfig, extra: Sequence[NamedQuery] = ()) -> Source:
+    """The configured source; ``extra`` queries (capacity rules') are evaluated on their own
+    but the embedded store must keep their metrics too."""
     queries = load_queries(cfg.queries_file)
     if cfg.prometheus is not None:
         from detectors.prometheus_source import PrometheusSource
@@ -34,19 +41,26 @@ def make_source(cfg: AnalyzerConfig) -> Source:
         return PrometheusSource(cfg.prometheus, queries)
     from detectors.scraper import EmbeddedSource
 
-    return EmbeddedSource(cfg.embedded, queries)
+    embedded = cfg.embedded
+    if not embedded.metrics and extra:
+        names = sorted(needed_metrics(queries) | needed_metrics(extra))
+        embedded = dataclasses.replace(embedded, metrics=tuple(re.escape(n) for n in names))
+    return EmbeddedSource(embedded, queries)
 
 
 def make_app(
     cfg: AnalyzerConfig, *, source: Source | None = None, run_loop: bool = True
 ) -> web.Application:
-    """Build the analyzer app; tests may pass their own ``source`` or drive passes by hand."""
+    """Build the analyzer app; tests may pass their own ``source`` or drive passes by hand.
+
+    Raises ConfigError for a malformed capacity rule, before anything starts."""
     app = web.Application()
     app[STARTED] = time.time()
+    rules: tuple[CapacityRule, ...] = parse_rules(cfg.capacity_rules)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        src = source or make_source(cfg)
+        src = source or make_source(cfg, [q for r in rules for q in r.queries()])
         await src.start()  # type: ignore[attr-defined]
         sender = AlertSender(cfg.alerting)
         await sender.start()
@@ -69,7 +83,23 @@ def make_app(
         await sender.stop()
         await src.close()  # type: ignore[attr-defined]
 
+    async def capacity_ctx(app: web.Application) -> AsyncIterator[None]:
+        an = app[ANALYZER]
+        planner = CapacityPlanner(
+            rules, an.source, an.sender, cfg.alerting, workers=cfg.model.workers
+        )
+        await planner.start()
+        app[PLANNER] = planner
+        task = asyncio.create_task(planner.run()) if run_loop and rules else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await planner.close()
+
     app.cleanup_ctx.append(service_ctx)
+    app.cleanup_ctx.append(capacity_ctx)
     app.router.add_get("/", overview_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz_handler)
@@ -80,7 +110,8 @@ def make_app(
 
 async def metrics_handler(request: web.Request) -> web.Response:
     body, ctype = encode(
-        list(analyzer_families(request.app[ANALYZER])), request.headers.get("Accept", "")
+        list(analyzer_families(request.app[ANALYZER], request.app[PLANNER])),
+        request.headers.get("Accept", ""),
     )
     headers = {"Content-Type": ctype}
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
@@ -135,4 +166,5 @@ async def refit_handler(request: web.Request) -> web.Response:
 
 
 async def overview_handler(request: web.Request) -> web.Response:
-    return web.Response(text=render_overview(request.app[ANALYZER]), content_type="text/html")
+    html = render_overview(request.app[ANALYZER], request.app[PLANNER])
+    return web.Response(text=html, content_type="text/html")

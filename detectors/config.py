@@ -3,7 +3,8 @@
 Sections (YAML keys; each is also a flag ``--section-key`` and a variable
 ``DCWATCH_SECTION_KEY``): top-level service keys, ``embedded.*`` (the default source),
 ``prometheus.*`` (read from Prometheus instead), ``model.*`` (detection), ``alerting.*``
-(Alertmanager, see detectors/alerts.py) and ``capacity_rules`` (a list, see detectors/capacity.py).
+(Alertmanager, see detectors/alerts.py) and ``capacity_rules`` (a list, see
+detectors/capacity_rules.py).
 """
 
 from __future__ import annotations
@@ -168,6 +169,9 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
     rules = raw.get("capacity_rules", [])
     if not isinstance(rules, list):
         raise ConfigError(f"{where}: key 'capacity_rules': must be a list of rules")
+    from detectors.capacity_rules import parse_rules
+
+    parse_rules(rules, f"{where}: capacity_rules")  # refuse a bad rule before anything starts
     state_dir: Path = v["state_dir"]
 
     def section(prefix: str) -> dict[str, Any]:

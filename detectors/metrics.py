@@ -1,4 +1,5 @@
-"""The analyzer's own metrics: per-node scores and model state, sources, alert delivery."""
+"""The analyzer's own metrics: per-node scores and model state, sources, alert delivery, and the
+capacity planner's forecasts."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from prometheus_client.core import Metric
 from exporters.base import Families, MetricSpec
 
 if TYPE_CHECKING:
+    from detectors.capacity import CapacityPlanner
     from detectors.service import Analyzer
 
 SCORE = MetricSpec(
@@ -72,8 +74,69 @@ TARGET_DURATION = MetricSpec(
 )
 STATES = ("cold_start", "fitted", "stale")
 
+# Capacity: one sample per (rule, instance[, per-label]); the per label (gpu, device) is the rule's.
+EXHAUSTION = MetricSpec(
+    "dcwatch_capacity_exhaustion_seconds",
+    "Forecast seconds until the series reaches its rule's threshold (absent when not within "
+    "the rule's horizon)",
+    ("rule", "instance"),
+)
+EXHAUSTION_EARLIEST = MetricSpec(
+    "dcwatch_capacity_exhaustion_earliest_seconds",
+    "Seconds until the upper 95 % forecast band reaches the threshold (absent beyond the horizon)",
+    ("rule", "instance"),
+)
+EXHAUSTION_LATEST = MetricSpec(
+    "dcwatch_capacity_exhaustion_latest_seconds",
+    "Seconds until the lower 95 % forecast band reaches the threshold (absent beyond the horizon)",
+    ("rule", "instance"),
+)
+UTILIZATION = MetricSpec(
+    "dcwatch_capacity_utilization_ratio",
+    "Latest value of the series divided by its capacity",
+    ("rule", "instance"),
+)
+THRESHOLD = MetricSpec(
+    "dcwatch_capacity_threshold_ratio", "Fraction of capacity a rule counts as full", ("rule",)
+)
+FORECAST = MetricSpec(
+    "dcwatch_forecast", "Forecast mean of the series at a horizon", ("rule", "instance", "horizon")
+)
+FORECAST_LOWER = MetricSpec(
+    "dcwatch_forecast_lower",
+    "Lower edge of the 95 % forecast interval at a horizon",
+    ("rule", "instance", "horizon"),
+)
+FORECAST_UPPER = MetricSpec(
+    "dcwatch_forecast_upper",
+    "Upper edge of the 95 % forecast interval at a horizon",
+    ("rule", "instance", "horizon"),
+)
+MODEL_INFO = MetricSpec(
+    "dcwatch_forecast_model_info",
+    "The forecaster chosen for the series (1)",
+    ("rule", "instance", "model"),
+)
+CAPACITY_SERIES = MetricSpec(
+    "dcwatch_capacity_series", "Series with a forecast, per capacity rule", ("rule",)
+)
+CAPACITY_FIT = MetricSpec(
+    "dcwatch_capacity_fit_duration_seconds", "Duration of the rule's last fit round", ("rule",)
+)
+CAPACITY_EVAL = MetricSpec(
+    "dcwatch_capacity_evaluation_duration_seconds",
+    "Duration of the rule's last update and forecast of all its series",
+    ("rule",),
+)
+CAPACITY_ERRORS = MetricSpec(
+    "dcwatch_capacity_errors_total",
+    "Failed reads or fit rounds of the rule",
+    ("rule",),
+    kind="counter",
+)
 
-def analyzer_families(an: Analyzer) -> Iterable[Metric]:
+
+def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> Iterable[Metric]:
     f = Families()
     now = time.time()
     counts = dict.fromkeys(STATES, 0)
@@ -108,3 +171,47 @@ def analyzer_families(an: Analyzer) -> Iterable[Metric]:
         f.add(TARGET_DURATION, t.last_duration if t.up is not None else None, t.url, t.instance)
     yield from f
     yield from an.sender.collect()
+    if planner is not None:
+        yield from capacity_families(planner)
+
+
+def capacity_families(planner: CapacityPlanner) -> Iterable[Metric]:
+    """Per-series forecasts and times to exhaustion; series labels vary by rule (``gpu``...)."""
+    from detectors.capacity_series import horizon_label
+
+    fams: dict[str, Metric] = {}
+
+    def add(spec: MetricSpec, value: float | None, labels: dict[str, str]) -> None:
+        if value is None:
+            return
+        fam = fams.get(spec.name)
+        if fam is None:
+            fam = fams[spec.name] = spec.family()
+        fam.add_sample(spec.name, labels, value)
+
+    for rs in planner.rules.values():
+        rule = rs.rule
+        add(THRESHOLD, rule.threshold, {"rule": rule.name})
+        fitted = [s for s in rs.series.values() if s.forecast_plot]
+        add(CAPACITY_SERIES, len(fitted), {"rule": rule.name})
+        add(CAPACITY_FIT, rs.fit_duration or None, {"rule": rule.name})
+        add(CAPACITY_EVAL, rs.eval_duration or None, {"rule": rule.name})
+        add(CAPACITY_ERRORS, rs.errors, {"rule": rule.name})
+        for st in fitted:
+            lab = st.labels
+            ex = st.exhaustion
+            if ex is not None:
+                for spec, v in (
+                    (EXHAUSTION, ex.estimate),
+                    (EXHAUSTION_EARLIEST, ex.earliest),
+                    (EXHAUSTION_LATEST, ex.latest),
+                ):
+                    add(spec, v if v is not None and v <= rule.horizon else None, lab)
+            add(UTILIZATION, st.utilization, lab)
+            add(MODEL_INFO, 1, {**lab, "model": st.model})
+            for h, (mean, lo, hi) in st.forecasts.items():
+                hl = {**lab, "horizon": horizon_label(h)}
+                add(FORECAST, mean, hl)
+                add(FORECAST_LOWER, lo, hl)
+                add(FORECAST_UPPER, hi, hl)
+    return list(fams.values())

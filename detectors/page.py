@@ -1,4 +1,5 @@
-"""The overview page: nodes and their scores, active alerts with contributors (server-rendered)."""
+"""The overview page: nodes and their scores, active alerts with contributors and the capacity
+forecasts with their plots (server-rendered, no script)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from detectors.capacity import CapacityPlanner
     from detectors.service import Analyzer
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -19,7 +21,8 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def render_overview(an: Analyzer) -> str:
+def render_overview(an: Analyzer, planner: CapacityPlanner | None = None) -> str:
+    t0 = time.perf_counter()
     e = html.escape
     rows = []
     for n in sorted(an.nodes.values(), key=lambda n: (not n.anomaly, -(n.score or 0), n.instance)):
@@ -50,13 +53,16 @@ def render_overview(an: Analyzer) -> str:
             f"<td>{since}</td><td>{e(ann.get('summary', ''))}<div class='small'>"
             f"{e(ann.get('description', ''))}</div></td></tr>"
         )
-    extra = ""
-    render_capacity = getattr(an, "render_capacity", None)
-    if render_capacity is not None:
-        extra = render_capacity()
+    extra = style = ""
+    if planner is not None:
+        from detectors.capacity_page import STYLE as CAPACITY_STYLE
+        from detectors.capacity_page import render_capacity
+
+        extra, style = render_capacity(planner), CAPACITY_STYLE
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>dcwatch analyzer</title>"
-        f"<meta http-equiv='refresh' content='30'><style>{STYLE}</style></head><body>"
+        "<link rel='icon' href='data:,'>"  # no favicon request: nothing leaves the page
+        f"<meta http-equiv='refresh' content='30'><style>{STYLE}{style}</style></head><body>"
         f"<h1>dcwatch analyzer</h1><p class='small'>{e(an.cfg.mode)} source · "
         f"{len(an.nodes)} nodes · last scoring pass {an.pass_duration * 1000:.0f} ms · "
         "<a href='/metrics'>/metrics</a> · <a href='/api/nodes'>/api/nodes</a></p>"
@@ -69,5 +75,6 @@ def render_overview(an: Analyzer) -> str:
         )
         + "<h2>Nodes</h2><table><tr><th>instance</th><th>model</th><th>score "
         "(1 = threshold)</th><th>state</th><th>fitted</th></tr>"
-        f"{''.join(rows)}</table>{extra}</body></html>"
+        f"{''.join(rows)}</table>{extra}<p class='small'>rendered in "
+        f"{(time.perf_counter() - t0) * 1000:.1f} ms</p></body></html>"
     )
