@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter)
+# prometheus, alertmanager (promtool, amtool): e2e and rule tests; node_exporter: the benchmark;
+# chromium + a font: the overview page's browser test; systemd: systemd-analyze verify.
+APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter chromium
+              fonts-dejavu-core systemd)
+# kubectl renders the kustomization in tests; Debian's client only where none is installed.
+command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
