@@ -204,7 +204,8 @@ class Analyzer:
             summary=f"{node.instance} behaves unlike its history ({top})",
             contributors=contributors,
             score=node.score,
-            **node.device,
+            gpu=node.device.get("gpu"),
+            device=node.device.get("device"),
         )
 
     async def _fire(self, node: NodeState) -> None:
@@ -251,7 +252,7 @@ class Analyzer:
                 frames = await self.source.fetch(now - m.train_window, now, m.step)
                 frame = frames.get(node.instance)
                 rows = 0 if frame is None else int(np.isfinite(frame.values).any(axis=1).sum())
-                if rows * m.step < m.min_train:
+                if frame is None or rows * m.step < m.min_train:
                     # Not enough history yet: stay in cold start, look again later.
                     node.next_fit_try = now + max(m.step, min(300.0, m.min_train / 4))
                     return

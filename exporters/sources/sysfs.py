@@ -50,12 +50,14 @@ class FileCache:
         try:
             fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            return self._failed(p, e)
+            self._failed(p, e)
+            return None
         try:
             text = _pread_all(fd)
         except OSError as e:
             os.close(fd)
-            return self._failed(p, e)
+            self._failed(p, e)
+            return None
         if len(self._fds) < self._max_open:
             self._fds[p] = fd
         else:  # keep working when a tree is huge; just do not cache
@@ -63,15 +65,15 @@ class FileCache:
         return text
 
     def _failed(self, p: str, e: OSError) -> None:
+        """Count and log (once per file) a failed read; a missing file is not a failure."""
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
-            return None  # absent: not an error
+            return
         self.errors += 1
         if p not in self._logged:
             self._logged.add(p)
             log.warning(
                 "read failed: %s: %s; reported as absent, retried next scrape", p, e.strerror or e
             )
-        return None
 
     def read_str(self, path: str | os.PathLike[str]) -> str | None:
         text = self.read(path)
