@@ -65,17 +65,46 @@ def run_entity(
     test: pd.DataFrame,
     labels: np.ndarray | None,
     config: ModelConfig | None = None,
+    refit_every_days: float = 0.0,
 ) -> EntityResult:
-    """Fit on ``train``, score ``test`` as the following rows; counts when labels are given."""
-    model = NodeModel(config).fit(train)
-    res = model.score(test, explain=False)
+    """Fit on ``train``, score ``test`` as the following rows; counts when labels are given.
+
+    With ``refit_every_days`` > 0 the model is refitted on that schedule as the service would do:
+    on a window as long as ``train`` ending at the last scored row, leaving out the rows that
+    alerted, with the alert state carried over.
+    """
+    score, flags = score_with_refits(train, test, config, refit_every_days)
     ts = np.asarray(test.index, dtype=np.int64)
-    out = pd.DataFrame(
-        {TIMESTAMP: ts, "score": res.score, "is_anomaly": res.is_anomaly.astype(np.int8)}
-    )
+    out = pd.DataFrame({TIMESTAMP: ts, "score": score, "is_anomaly": flags.astype(np.int8)})
     days = test_days(ts.astype(float))
-    counts = ev.counts(labels, res.is_anomaly, days) if labels is not None else None
+    counts = ev.counts(labels, flags, days) if labels is not None else None
     return EntityResult(name=name, output=out, labels=labels, days=days, counts=counts)
+
+
+def score_with_refits(
+    train: pd.DataFrame, test: pd.DataFrame, config: ModelConfig | None, every_days: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and alert flags of ``test`` after fitting on ``train`` (refitting if asked)."""
+    model = NodeModel(config).fit(train)
+    if every_days <= 0 or len(test) == 0:
+        res = model.score(test, explain=False)
+        return res.score, res.is_anomaly
+    step = model.features_.step_
+    chunk = max(1, round(every_days * SECONDS_PER_DAY / step))
+    window = len(train)
+    history = pd.concat([train, test])
+    alerted = np.zeros(len(history), dtype=bool)
+    n = len(train)
+    scores, flags = [], []
+    for lo in range(0, len(test), chunk):
+        if lo:
+            start = max(0, n + lo - window)
+            model = model.refit(history.iloc[start : n + lo], alerted[start : n + lo])
+        res = model.score(test.iloc[lo : lo + chunk], explain=False)
+        alerted[n + lo : n + lo + len(res.is_anomaly)] = res.is_anomaly
+        scores.append(res.score)
+        flags.append(res.is_anomaly)
+    return np.concatenate(scores), np.concatenate(flags)
 
 
 def write_output(out: pd.DataFrame, path: Path) -> None:
@@ -141,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="target alert rate per node and week on the training data "
         f"(default {ModelConfig().decisions.alerts_per_week})",
     )
+    p.add_argument(
+        "--refit-every",
+        type=float,
+        default=0.0,
+        metavar="DAYS",
+        help="refit on a sliding window as long as the training data every DAYS of test data, "
+        "leaving out rows that alerted (default 0: fit once on the training data)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the isolation forest")
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no per-entity lines, no progress bar"
@@ -164,7 +201,7 @@ def main(argv: Sequence[str]) -> int:
             return 2
         train, _ = read_frame(args.train)
         test, labels = read_frame(args.test)
-        res = run_entity(args.test.stem, train, test, labels, cfg)
+        res = run_entity(args.test.stem, train, test, labels, cfg, args.refit_every)
         write_output(res.output, args.output)
         if res.counts is not None:
             y = res.labels if res.labels is not None else np.zeros(0, bool)
@@ -187,7 +224,7 @@ def main(argv: Sequence[str]) -> int:
         bar.set_postfix_str(name)
         train, _ = read_frame(train_path)
         test, labels = read_frame(test_path)
-        res = run_entity(name, train, test, labels, cfg)
+        res = run_entity(name, train, test, labels, cfg, args.refit_every)
         write_output(res.output, args.output / f"{name}.csv")
         results.append(res)
         if res.counts is not None and not args.quiet:

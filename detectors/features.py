@@ -27,7 +27,6 @@ from typing import Protocol, TypeAlias
 
 import numpy as np
 import pandas as pd
-from scipy.signal import lfilter
 
 KINDS = ("short", "season")
 _MAD_TO_SIGMA = 1.4826
@@ -43,8 +42,6 @@ class FeatureConfig:
     season_seconds: int = 86400
     season_bin_seconds: int = 300
     min_season_cycles: float = 2.0
-    volatility_halflife: float = 0.0  # points; > 0 divides residuals by their running mean size
-    volatility_floor: float = 0.25  # of the training mean |residual|, so flat spells don't blow up
 
 
 @dataclass
@@ -53,7 +50,6 @@ class History:
 
     ts: np.ndarray  # (h,) float seconds
     values: np.ndarray  # (h, n_series)
-    volatility: np.ndarray | None = None  # (n_features,) running mean |residual|, if enabled
 
 
 @dataclass
@@ -147,6 +143,8 @@ def trailing_median(x: np.ndarray, window: int, start: int) -> np.ndarray:
     Returns an array of shape ``(len(x) - start, n_cols)``.
     """
     n, d = x.shape
+    if n - start == 1 and start >= window:  # the live case: one new row after a full history
+        return np.median(x[start - window : start], axis=0, keepdims=True)
     out = np.empty((n - start, d))
     # Rows with fewer than ``window`` rows before them (only without history): one by one.
     head = min(n, max(start, window))
@@ -166,8 +164,16 @@ class FeatureBuilder:
         self.config = config or FeatureConfig()
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, frame: AnyFrame) -> FeatureBuilder:
-        """Learn kept columns, fill values, seasonal profile and feature scaling from training."""
+    def fit(self, frame: AnyFrame, exclude: np.ndarray | None = None) -> FeatureBuilder:
+        """Learn kept columns, fill values, seasonal profile and feature scaling from training.
+
+        ``exclude`` (one bool per row) marks rows not to learn from, e.g. periods that alerted.
+        """
+        self.fit_transform(frame, exclude)
+        return self
+
+    def fit_transform(self, frame: AnyFrame, exclude: np.ndarray | None = None) -> FeatureBlock:
+        """``fit``, then the features of the training rows (as ``transform(frame, None)``)."""
         cfg = self.config
         ts, names, raw = frame_arrays(frame)
         with np.errstate(all="ignore"):
@@ -189,31 +195,28 @@ class FeatureBuilder:
         self.profile_ = np.zeros((self.n_bins_, values.shape[1]))
         if values.shape[1] and span >= cfg.min_season_cycles * cfg.season_seconds:
             ph = self._phase(ts)
-            prof = pd.DataFrame(values).groupby(ph).median()
+            keep_rows = slice(None) if exclude is None else ~np.asarray(exclude, dtype=bool)
+            prof = pd.DataFrame(values[keep_rows]).groupby(ph[keep_rows]).median()
             self.profile_[:] = np.median(values, axis=0)
             self.profile_[prof.index.to_numpy()] = prof.to_numpy()
         self.history_len_ = max(cfg.short_window, cfg.long_window)
 
         # Feature scaling from the training residuals themselves (same code as transform).
-        n_feat = 2 * values.shape[1]
-        self.center_ = np.zeros(n_feat)
-        self.scale_ = np.ones(n_feat)
-        self.volatility0_ = np.ones(n_feat)
-        self.volatility_floor_ = np.ones(n_feat)
         empty = History(ts=np.zeros(0), values=np.zeros((0, values.shape[1])))
-        r, _, _ = self._residuals(empty, ts, values)
-        warm = min(self.history_len_, max(0, len(r) - 1))
-        if cfg.volatility_halflife > 0 and len(r):
-            size = np.abs(r[warm:]).mean(axis=0)
-            tiny = 1e-9 * np.maximum(np.abs(values).max(axis=0), 1.0)
-            size = np.maximum(size, np.concatenate([tiny, tiny]))
-            self.volatility0_ = size
-            self.volatility_floor_ = cfg.volatility_floor * size
-        u, _ = self._normalise(r, self.volatility0_)
-        self.center_, self.scale_ = robust_center_scale(u[warm:])
+        r, obs, exp = self._residuals(empty, ts, values)
+        use = np.ones(len(r), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
+        use[: min(self.history_len_, max(0, len(r) - 1))] = False
+        self.center_, self.scale_ = robust_center_scale(r[use] if use.any() else r)
         self.feature_names_ = [f"{c}:{k}" for k in KINDS for c in self.columns_]
         self.series_index_ = np.tile(np.arange(len(self.columns_)), len(KINDS))
-        return self
+        h = self.history_len_
+        return FeatureBlock(
+            ts=ts,
+            z=(r - self.center_) / self.scale_,
+            observed=obs,
+            expected=exp,
+            history=History(ts=ts[-h:].copy(), values=values[-h:].copy()),
+        )
 
     @property
     def n_features(self) -> int:
@@ -252,9 +255,7 @@ class FeatureBuilder:
         start_fill = hist.values[-1] if len(hist.values) else self.fill_
         values = ffill(np.vstack([start_fill[None, :], raw]), self.fill_)[1:]
         r, obs, exp = self._residuals(hist, ts, values)
-        vol0 = hist.volatility if hist.volatility is not None else self.volatility0_
-        u, vol = self._normalise(r, vol0)
-        z = (u - self.center_) / self.scale_
+        z = (r - self.center_) / self.scale_
         h = self.history_len_
         all_ts = np.concatenate([hist.ts, ts])[-h:]
         all_vals = np.vstack([hist.values, values])[-h:]
@@ -263,22 +264,8 @@ class FeatureBuilder:
             z=z,
             observed=obs,
             expected=exp,
-            history=History(ts=all_ts, values=all_vals, volatility=vol),
+            history=History(ts=all_ts, values=all_vals),
         )
-
-    def _normalise(self, r: np.ndarray, vol: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Residuals divided by their running mean size before each row (if enabled)."""
-        hl = self.config.volatility_halflife
-        if hl <= 0:
-            return r, None
-        if len(r) == 0:
-            return r, vol
-        alpha = 1.0 - 0.5 ** (1.0 / hl)
-        run = lfilter([alpha], [1.0, alpha - 1.0], np.abs(r), axis=0, zi=((1 - alpha) * vol)[None])[
-            0
-        ]
-        before = np.vstack([vol[None, :], run[:-1]])
-        return r / np.maximum(before, self.volatility_floor_), run[-1].copy()
 
     def _phase(self, ts: np.ndarray) -> np.ndarray:
         season = float(self.config.season_seconds)

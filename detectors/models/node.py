@@ -72,29 +72,38 @@ class NodeModel:
         self.fitted = False
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, frame: AnyFrame) -> NodeModel:
+    def fit(self, frame: AnyFrame, exclude: np.ndarray | None = None) -> NodeModel:
         """Fit on a training frame (regular grid, named series; a DataFrame indexed by unix seconds
-        or a ``detectors.frame.Frame``); resets the streaming state."""
+        or a ``detectors.frame.Frame``); resets the streaming state.
+
+        ``exclude`` (one bool per row) marks rows not to learn from, e.g. the rows that alerted
+        since the last fit (see ``refit``): features still use them as context.
+        """
         cfg = self.config
         if len(frame) < 2:
             raise ValueError(f"need at least 2 training rows, got {len(frame)}")
         t0 = time.perf_counter()
-        self.features_ = FeatureBuilder(cfg.features).fit(frame)
-        block = self.features_.transform(frame, None)
-        warm = min(self.features_.history_len_, len(block.z) // 2)
-        Z = block.z[warm:]
+        self.features_ = FeatureBuilder(cfg.features)
+        block = self.features_.fit_transform(frame, exclude)
+        use = np.ones(len(block.z), dtype=bool)
+        use[: min(self.features_.history_len_, len(block.z) // 2)] = False
+        if exclude is not None:
+            use &= ~np.asarray(exclude, dtype=bool)
+        if use.sum() < 2:
+            use[:] = True
+        Z = block.z[use]
         self.detector_ = EnsembleDetector(
             channels=cfg.channels,
             n_estimators=cfg.n_estimators,
             max_train_rows=cfg.max_train_rows,
             random_state=cfg.random_state,
         ).fit(Z)
-        raw = self.detector_.anomaly_score(Z)
+        raw = self.detector_.anomaly_score(block.z)
         dcfg = cfg.decisions
         smoothed, _ = smooth(np.zeros(0), raw, dcfg.smooth_points)
-        days = len(Z) * self.features_.step_ / SECONDS_PER_DAY
-        self.threshold_: Threshold = calibrate_threshold(smoothed, days, dcfg)
-        self.train_rows_ = len(frame)
+        days = int(use.sum()) * self.features_.step_ / SECONDS_PER_DAY
+        self.threshold_: Threshold = calibrate_threshold(smoothed[use], days, dcfg)
+        self.train_rows_ = int(use.sum())
         self.train_days_ = days
         self.fit_seconds_ = time.perf_counter() - t0
         self.fitted_at_ = time.time()
@@ -105,6 +114,14 @@ class NodeModel:
         self.alert_ = AlertState()
         self.fitted = True
         return self
+
+    def refit(self, frame: AnyFrame, exclude: np.ndarray | None = None) -> NodeModel:
+        """A new model fitted on ``frame`` (which should end with the last row scored) that carries
+        this one's alert state over, so an alert in progress is not resolved by the refit."""
+        new = NodeModel(self.config).fit(frame, exclude)
+        if self.fitted:
+            new.alert_ = AlertState(**vars(self.alert_))
+        return new
 
     @property
     def series(self) -> list[str]:

@@ -159,3 +159,19 @@ def test_real_entity(tmp_path: Path) -> None:
     starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     false = sum(not src["label"].iloc[a:b].any() for a, b in zip(starts, stops, strict=True))
     assert false <= len(src) / 1440
+
+
+def test_refit_schedule(tmp_path: Path) -> None:
+    train, test = write_pair(tmp_path, "node1", 5)
+    outs = {}
+    for every in ("0", "0.25", "5"):
+        out = tmp_path / f"refit{every}.csv"
+        args = ["--train", str(train), "--test", str(test), "--output", str(out)]
+        assert dcwatch(["backtest", "detect", *args, "--refit-every", every]) == 0
+        outs[every] = pd.read_csv(out)
+    # A schedule longer than the test data never refits: same output as fitting once.
+    pd.testing.assert_frame_equal(outs["0"], outs["5"])
+    refitted = outs["0.25"]
+    assert len(refitted) == len(outs["0"])
+    src = pd.read_csv(test)
+    assert refitted.loc[src["label"] == 1, "is_anomaly"].any()

@@ -147,3 +147,20 @@ def test_tiny_training_frames(n: int) -> None:
     fb = FeatureBuilder().fit(df)
     block = fb.transform(df, None)
     assert np.isfinite(block.z).all()
+
+
+def test_fit_transform_equals_transform_and_exclude() -> None:
+    train = make_frame(days=3)
+    fb = FeatureBuilder()
+    block = fb.fit_transform(train)
+    again = fb.transform(train, None)
+    np.testing.assert_allclose(block.z, again.z)
+    np.testing.assert_allclose(block.history.values, again.history.values)
+    # Excluded rows do not shape the profile: a wild excluded day leaves it as it was.
+    wild = train.copy()
+    wild.iloc[:288, 0] += 100.0
+    mask = np.zeros(len(wild), dtype=bool)
+    mask[:288] = True
+    fb2 = FeatureBuilder().fit(wild, exclude=mask)
+    fb3 = FeatureBuilder().fit(train.iloc[288:])
+    np.testing.assert_allclose(fb2.profile_, fb3.profile_, atol=0.5)
