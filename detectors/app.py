@@ -85,9 +85,7 @@ def make_app(
 
     async def capacity_ctx(app: web.Application) -> AsyncIterator[None]:
         an = app[ANALYZER]
-        planner = CapacityPlanner(
-            rules, an.source, an.sender, cfg.alerting, workers=cfg.model.workers
-        )
+        planner = CapacityPlanner(rules, an.source, an.sender, cfg.alerting, backend=an.backend)
         await planner.start()
         app[PLANNER] = planner
         task = asyncio.create_task(planner.run()) if run_loop and rules else None

@@ -1,13 +1,14 @@
 """Capacity planning: forecast each rule's series and say when it will be full.
 
 Per rule and series (:mod:`detectors.capacity_rules`) a forecaster is fitted on the rule's history
-in a worker (a process pool, or a thread with ``model.workers: 0``; BLAS pinned to one thread),
-refitted every ``refit`` and updated with the new points at every step in between. Each step the
-forecast gives the time to exhaustion (:func:`time_to_exhaustion`), forecasts at a few horizons
-and, when the estimate falls within the rule's horizon, a ``DcwatchCapacityExhaustion`` alert
-through the analyzer's :class:`~detectors.alert_sender.AlertSender`. It resolves once the estimate
-has been past 1.2 x the horizon (or absent) for two evaluations in a row, so a forecast hovering
-around the horizon does not flap.
+in a worker of the analyzer's fit backend (process pool, a thread with ``model.workers: 0``, or
+Dask; BLAS pinned to one thread), refitted every ``refit`` and updated with the new points at every
+step in between. Each step the forecast gives the time to exhaustion (:func:`time_to_exhaustion`),
+forecasts at a few horizons and, when the estimate falls within the rule's horizon, a
+``DcwatchCapacityExhaustion`` alert through the analyzer's
+:class:`~detectors.alert_sender.AlertSender`. It resolves once the estimate has been past 1.2 x the
+horizon (or absent) for two evaluations in a row, so a forecast hovering around the horizon does
+not flap.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from detectors.capacity_series import (
     query_view,
 )
 from detectors.capacity_state import CAPACITY_ALERT, RuleState, SeriesState, capacity_alert
+from detectors.fitting import FitBackend
 from detectors.frame import Source
 from detectors.models.forecast import Forecaster
 
@@ -55,7 +57,7 @@ class CapacityPlanner:
         sender: AlertSender,
         alerting: AlertingConfig,
         *,
-        workers: int = 0,
+        backend: FitBackend | None = None,
     ) -> None:
         self.rules: dict[str, RuleState] = {}
         for r in rules:
@@ -66,21 +68,18 @@ class CapacityPlanner:
             self.rules[r.name] = RuleState(r, view)
         self.sender = sender
         self.alerting = alerting
-        self.workers = workers
+        # Fits share the anomaly models' backend (process pool or Dask); a planner built alone
+        # (tests, benchmarks) gets a thread of its own.
+        self._own_backend = backend is None
+        self.backend = backend or FitBackend(workers=0)
         self.evaluations = 0
-        self._fit_pool: Executor | None = None
         self._eval_pool: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.workers > 0:
-            import multiprocessing  # spawn: the service has threads a fork would copy
-
-            ctx = multiprocessing.get_context("spawn")
-            self._fit_pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        else:
-            self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="capacity-fit")
+        if self._own_backend:
+            await self.backend.start()
         self._eval_pool = ThreadPoolExecutor(1, thread_name_prefix="capacity")
         # Alerts firing before a restart: re-attached to their series, which resolve them when
         # the forecast no longer says full; those of rules no longer configured end now.
@@ -101,9 +100,10 @@ class CapacityPlanner:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pool in (self._fit_pool, self._eval_pool):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        if self._eval_pool is not None:
+            self._eval_pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_backend:
+            await self.backend.close()
 
     async def run(self) -> None:
         """Evaluate each rule at every multiple of its step until cancelled."""
@@ -228,12 +228,10 @@ class CapacityPlanner:
         self, rule: CapacityRule, ready: Mapping[tuple[str, str | None], SeriesData]
     ) -> dict[tuple[str, str | None], Forecaster | str]:
         keys = list(ready)
-        loop = asyncio.get_running_loop()
         chunks = [keys[i : i + FIT_CHUNK] for i in range(0, len(keys), FIT_CHUNK)]
         parts = await asyncio.gather(
             *(
-                loop.run_in_executor(
-                    self._fit_pool,
+                self.backend.run(
                     fit_forecasters,
                     rule,
                     [(ready[k].times, ready[k].values) for k in chunk],

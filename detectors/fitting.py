@@ -1,4 +1,5 @@
-"""Where model fits run: a process pool (default), a thread (``workers: 0``), or Dask.
+"""Where fits run (anomaly models and capacity forecasters alike): a process pool (default), a
+thread (``workers: 0``), or Dask.
 
 Fits take seconds and must never block scoring: the scoring loop only awaits a future. The
 function shipped to workers is a plain top-level function of (frame, config) returning the
@@ -11,14 +12,16 @@ import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from detectors.frame import Frame
 from detectors.models.node import ModelConfig, NodeModel
 
 log = logging.getLogger("dcwatch.analyzer.fit")
+T = TypeVar("T")
 
 
 def fit_model(frame: Frame, config: ModelConfig) -> bytes:
@@ -51,14 +54,16 @@ class FitBackend:
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="fit")
 
-    async def fit(self, frame: Frame, config: ModelConfig) -> NodeModel:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a picklable top-level ``fn(*args)`` on a worker (pool, thread or Dask)."""
         if self._dask is not None:
-            blob = await self._dask.submit(fit_model, frame, config, pure=False)
-        else:
-            assert self._executor is not None, "FitBackend.start() was not awaited"
-            loop = asyncio.get_running_loop()
-            blob = await loop.run_in_executor(self._executor, fit_model, frame, config)
-        return NodeModel.loads(blob)
+            return cast(T, await self._dask.submit(fn, *args, pure=False))
+        assert self._executor is not None, "FitBackend.start() was not awaited"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def fit(self, frame: Frame, config: ModelConfig) -> NodeModel:
+        """Fit one node's anomaly model on a worker."""
+        return NodeModel.loads(await self.run(fit_model, frame, config))
 
     async def close(self) -> None:
         if self._dask is not None:

@@ -22,6 +22,8 @@ async def check_backend(backend: FitBackend) -> None:
     await backend.start()
     try:
         model = await backend.fit(frame(), ModelConfig())
+        # Any picklable function runs the same way: capacity forecasters share the backend.
+        assert await backend.run(divmod, 7, 2) == (3, 1)
     finally:
         await backend.close()
     assert model.fitted and model.series == ["a", "b", "c"]
