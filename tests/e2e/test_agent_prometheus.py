@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.agent_proc import copy_tree, prom_query, prom_value, start_agent
+from tests.e2e.dcwatch_procs import copy_tree, prom_query, prom_value, start_agent
 from tests.helpers import wait_until
 from tests.procs import Proc, prometheus_binary, start_prometheus
 

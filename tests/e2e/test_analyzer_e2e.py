@@ -10,19 +10,24 @@ it is back, and the alerts resolve after the fault ends.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.agent_proc import copy_tree, start_agent
+from tests.e2e.dcwatch_procs import (
+    am_alerts,
+    copy_tree,
+    get_json,
+    metric,
+    start_agent,
+    start_analyzer_pair,
+    write_in_place,
+)
 from tests.helpers import wait_until
 from tests.procs import (
     Proc,
@@ -42,6 +47,9 @@ QUERIES = """
 - name: fan
   query: dcwatch_hwmon_fan_rpm{sensor="fan1"}
 """
+ALERT = "DcwatchNodeAnomaly"
+# Fit on a minute of history at a 1 s step (production: 1 h at 15 s).
+TRAINING = ("--model-step=1", "--model-min-train=60s", "--model-train-window=10m")
 
 
 class Driver:
@@ -77,64 +85,15 @@ class Driver:
                     v += 35000 * self.fault
                 elif name == "power":
                     v += 600e6 * self.fault
-                # Fixed width, padded: an in-place write never leaves old digits behind.
-                os.pwrite(fd, f"{int(v):<14d}\n".encode(), 0)
+                write_in_place(fd, int(v))
             self.rx += int(2e5 * (1 + self.rng.gauss(0, 0.05)))  # ~2 MB/s
             text = self.net_text.replace(f"eno1:{self.rx0} ", f"eno1:{self.rx} ")
             os.pwrite(self.net_fd, text.encode(), 0)
 
 
-def start_analyzer(tmp_path: Path, name: str, source_args: list[str], am_url: str) -> Proc:
-    workdir = tmp_path / name
-    workdir.mkdir()
-    queries = workdir / "queries.yaml"
-    queries.write_text(QUERIES)
-
-    def argv(port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "analyzer",
-            f"--listen=127.0.0.1:{port}",
-            f"--state-dir={workdir / 'state'}",
-            f"--queries-file={queries}",
-            "--model-step=1",
-            "--model-min-train=30s",
-            "--model-train-window=10m",
-            "--model-workers=0",
-            f"--alerting-alertmanagers={am_url}",
-            "--alerting-resend-interval=2s",
-            "--alerting-retry-initial=0.5",
-            "--alerting-retry-max=2",
-            "--log-level=debug",
-            *source_args,
-        ]
-
-    return Proc(name, argv, workdir, ready_path="/healthz").start()
-
-
-def get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.load(r)
-
-
-def am_alerts(am: Proc, active: bool = True) -> list[dict]:
-    flag = "true" if active else "false"
-    alerts = get_json(f"{am.url}/api/v2/alerts?active={flag}&silenced=false&inhibited=false")
-    return [a for a in alerts if a["labels"].get("alertname") == "DcwatchNodeAnomaly"]
-
-
 def fitted(an: Proc) -> bool:
     nodes = get_json(f"{an.url}/api/nodes")
     return bool(nodes) and all(n["state"] == "fitted" for n in nodes)
-
-
-def metric(an: Proc, name: str, **labels: str) -> float | None:
-    from tests.helpers import sample
-
-    with urllib.request.urlopen(f"{an.url}/metrics", timeout=5) as r:
-        return sample(r.read().decode(), name, **labels)
 
 
 @pytest.fixture
@@ -152,18 +111,8 @@ def stack(tmp_path: Path) -> Iterator[dict]:
         am1 = start_alertmanager(tmp_path / "am1")
         am2 = start_alertmanager(tmp_path / "am2")
         procs += [am1, am2]
-        via_prom = start_analyzer(
-            tmp_path, "analyzer-prom", [f"--prometheus-url={prom.url}"], am1.url
-        )
-        embedded = start_analyzer(
-            tmp_path,
-            "analyzer-embedded",
-            [
-                f"--target=http://127.0.0.1:{agent.port}/metrics",
-                "--embedded-scrape-interval=1",
-                "--embedded-scrape-timeout=1",
-            ],
-            am2.url,
+        via_prom, embedded = start_analyzer_pair(
+            tmp_path, agent, prom, am1, am2, TRAINING, queries_text=QUERIES
         )
         procs += [via_prom, embedded]
         yield {
@@ -198,13 +147,13 @@ def test_fault_alerts_and_resolves_through_both_sources(stack: dict) -> None:
         lambda: fitted(via_prom) and fitted(embedded), timeout=120, what="both analyzers to fit"
     )
     time.sleep(5)  # some normal scoring after the fit
-    assert am_alerts(am1) == [] and am_alerts(am2) == []
+    assert am_alerts(am1, ALERT) == [] and am_alerts(am2, ALERT) == []
 
     # Alertmanager 2 goes down; then the fault starts.
     am2.kill()
     driver.target = 1.0
     alerts = wait_until(
-        lambda: am_alerts(am1), timeout=60, what="the anomaly alert in Alertmanager 1"
+        lambda: am_alerts(am1, ALERT), timeout=60, what="the anomaly alert in Alertmanager 1"
     )
     a = alerts[0]
     assert a["labels"]["instance"] == instance
@@ -224,7 +173,7 @@ def test_fault_alerts_and_resolves_through_both_sources(stack: dict) -> None:
     )
     am2.restart()
     wait_until(
-        lambda: am_alerts(am2),
+        lambda: am_alerts(am2, ALERT),
         timeout=30,
         what="the queued alert to reach Alertmanager 2 after its restart",
     )
@@ -232,7 +181,9 @@ def test_fault_alerts_and_resolves_through_both_sources(stack: dict) -> None:
     # The fault ends: both alerts resolve.
     driver.target = 0.0
     wait_until(
-        lambda: not am_alerts(am1) and not am_alerts(am2), timeout=120, what="the alerts to resolve"
+        lambda: not am_alerts(am1, ALERT) and not am_alerts(am2, ALERT),
+        timeout=120,
+        what="the alerts to resolve",
     )
-    resolved = am_alerts(am1, active=False)
+    resolved = am_alerts(am1, ALERT, active=False)
     assert resolved == [] or all(x["status"]["state"] != "active" for x in resolved)

@@ -21,8 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.agent_proc import copy_tree, start_agent
-from tests.e2e.test_analyzer_e2e import get_json, metric
+from tests.e2e.dcwatch_procs import (
+    am_alerts,
+    copy_tree,
+    metric,
+    start_agent,
+    start_analyzer_pair,
+    write_in_place,
+)
 from tests.helpers import free_port, wait_until
 from tests.procs import (
     Proc,
@@ -73,42 +79,11 @@ class PowerDriver:
                 self.level = min(self.level + self.rate * 0.1, 2500.0)
             else:
                 self.level = max(self.level - 4 * self.rate * 0.1, BASE_W)
-            microwatts = int((self.level + self.rng.gauss(0, 3)) * 1e6)
-            # Fixed width, padded: an in-place write never leaves old digits behind.
-            os.pwrite(self.fd, f"{microwatts:<14d}\n".encode(), 0)
-
-
-def start_analyzer(tmp_path: Path, name: str, source_args: list[str], am_url: str) -> Proc:
-    workdir = tmp_path / name
-    workdir.mkdir()
-    config = workdir / "analyzer.yaml"
-    config.write_text(CONFIG)
-
-    def argv(port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "analyzer",
-            f"--config={config}",
-            f"--listen=127.0.0.1:{port}",
-            f"--state-dir={workdir / 'state'}",
-            "--model-workers=0",
-            f"--alerting-alertmanagers={am_url}",
-            "--alerting-resend-interval=2s",
-            "--alerting-retry-initial=0.5",
-            "--alerting-retry-max=2",
-            "--log-level=debug",
-            *source_args,
-        ]
-
-    return Proc(name, argv, workdir, ready_path="/healthz").start()
+            write_in_place(self.fd, int((self.level + self.rng.gauss(0, 3)) * 1e6))
 
 
 def capacity_alerts(am: Proc) -> list[dict]:
-    alerts = get_json(f"{am.url}/api/v2/alerts?active=true&silenced=false&inhibited=false")
-    assert isinstance(alerts, list)
-    return [a for a in alerts if a["labels"].get("alertname") == "DcwatchCapacityExhaustion"]
+    return am_alerts(am, "DcwatchCapacityExhaustion")
 
 
 @pytest.fixture
@@ -124,18 +99,8 @@ def stack(tmp_path: Path) -> Iterator[dict]:
         prom = start_prometheus(tmp_path, [f"127.0.0.1:{agent.port}"], scrape_interval="1s")
         am1, am2 = start_alertmanager(tmp_path / "am1"), start_alertmanager(tmp_path / "am2")
         procs += [prom, am1, am2]
-        via_prom = start_analyzer(
-            tmp_path, "analyzer-prom", [f"--prometheus-url={prom.url}"], am1.url
-        )
-        embedded = start_analyzer(
-            tmp_path,
-            "analyzer-embedded",
-            [
-                f"--target=http://127.0.0.1:{agent.port}/metrics",
-                "--embedded-scrape-interval=1",
-                "--embedded-scrape-timeout=1",
-            ],
-            am2.url,
+        via_prom, embedded = start_analyzer_pair(
+            tmp_path, agent, prom, am1, am2, config_text=CONFIG
         )
         procs += [via_prom, embedded]
         yield {"driver": driver, "agent": agent, "am": (am1, am2), "an": (via_prom, embedded)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import sys
 import threading
 import time
 import urllib.error
@@ -30,7 +29,7 @@ import yaml
 
 from tests.conftest import FIXTURES
 from tests.deploy.dashboards import DASHBOARDS, load, queries, substitute
-from tests.e2e.agent_proc import copy_tree, start_agent
+from tests.e2e.dcwatch_procs import copy_tree, start_agent, start_analyzer
 from tests.helpers import free_port
 from tests.procs import (
     Proc,
@@ -132,25 +131,12 @@ def shipped_rules(tmp_path: Path) -> list[Path]:
     return out
 
 
-def start_analyzer(tmp_path: Path, port: int, prom_url: str, am_url: str) -> Proc:
-    workdir = tmp_path / "analyzer"
-    workdir.mkdir()
-    cfg = workdir / "analyzer.yaml"
-    cfg.write_text(
-        ANALYZER_CONFIG.format(port=port, state=workdir / "state", prom=prom_url, am=am_url)
+def start_dashboard_analyzer(tmp_path: Path, port: int, prom_url: str, am_url: str) -> Proc:
+    """The analyzer configured by a YAML file alone (Prometheus source, one capacity rule)."""
+    text = ANALYZER_CONFIG.format(
+        port=port, state=tmp_path / "analyzer" / "state", prom=prom_url, am=am_url
     )
-
-    def argv(p: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "analyzer",
-            f"--config={cfg}",
-            f"--listen=127.0.0.1:{p}",
-        ]
-
-    return Proc("analyzer", argv, workdir, port=port, ready_path="/healthz").start()
+    return start_analyzer(tmp_path, "analyzer", config_text=text, port=port)
 
 
 @pytest.fixture
@@ -177,7 +163,7 @@ def stack(tmp_path: Path) -> Iterator[dict]:
             },
         )
         procs.append(prom)
-        procs.append(start_analyzer(tmp_path, analyzer_port, prom.url, am.url))
+        procs.append(start_dashboard_analyzer(tmp_path, analyzer_port, prom.url, am.url))
         yield {"prom": prom, "instance": proxy.address, "analyzer": procs[-1]}
     finally:
         for p in reversed(procs):
