@@ -175,3 +175,13 @@ def test_node_model_errors() -> None:
         NodeModel().fit(node_frame(1, 0))
     with pytest.raises(ValueError):
         NodeModel.loads(b"\x80\x05N.")  # pickled None
+
+
+def test_node_model_with_only_constant_series_never_alerts() -> None:
+    train = node_frame(600, 0)[["fan"]]
+    m = NodeModel(ModelConfig(n_estimators=10)).fit(train)
+    assert m.series == []
+    test = node_frame(100, 1, start=float(train.index[-1]) + STEP)[["fan"]]
+    test.iloc[50:, 0] = 5000.0  # the dropped series moves: nothing to score it with
+    res = m.score(test)
+    assert not res.is_anomaly.any() and np.isfinite(res.score).all()
