@@ -85,6 +85,11 @@ def score_with_refits(
     train: pd.DataFrame, test: pd.DataFrame, config: ModelConfig | None, every_days: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores and alert flags of ``test`` after fitting on ``train`` (refitting if asked)."""
+    if len(train) and len(test) and float(test.index[0]) <= float(train.index[-1]):
+        raise ValueError(
+            f"test rows must follow the training rows: test starts at {test.index[0]}, "
+            f"training ends at {train.index[-1]}"
+        )
     model = NodeModel(config).fit(train)
     if every_days <= 0 or len(test) == 0:
         res = model.score(test, explain=False)

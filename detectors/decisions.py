@@ -91,7 +91,8 @@ def calibrate_threshold(scores: np.ndarray, days: float, config: DecisionConfig)
     rate = len(cl) / days
     target = max(config.alerts_per_week / 7.0, 1e-9)
     t = u + beta * max(np.log(rate / target), 0.0)
-    return Threshold(value=float(t), base=u, tail_scale=beta, runs_per_day=rate)
+    # Scores are divided by the threshold: keep it positive whatever the training scores were.
+    return Threshold(value=max(float(t), 1e-6), base=u, tail_scale=beta, runs_per_day=rate)
 
 
 @dataclass

@@ -141,10 +141,17 @@ class NodeModel:
         return self.score_values(ts, values, explain)
 
     def score_values(self, ts: np.ndarray, values: np.ndarray, explain: bool = True) -> ScoreResult:
-        """``score`` on arrays: ``values`` has the columns of ``series`` (NaN where missing)."""
+        """``score`` on arrays: ``values`` has the columns of ``series`` (NaN where missing).
+
+        Rows not newer than the last row seen (already scored, or inside the training window)
+        are skipped, so re-sending a window is harmless; ``ScoreResult.ts`` lists the rows scored.
+        """
         self._check()
         ts = np.asarray(ts, dtype=float)
         values = np.asarray(values, dtype=float).reshape(len(ts), len(self.features_.columns_))
+        if len(ts) and np.isfinite(self.last_ts_) and ts[0] <= self.last_ts_:
+            new = ts > self.last_ts_
+            ts, values = ts[new], values[new]
         block = self.features_.transform_values(ts, values, self.history_)
         channels, surprises = self.detector_.analyse(block.z)
         raw = channels.max(axis=1) if channels.shape[1] else np.zeros(len(ts))

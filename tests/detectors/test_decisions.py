@@ -185,3 +185,14 @@ def test_node_model_with_only_constant_series_never_alerts() -> None:
     test.iloc[50:, 0] = 5000.0  # the dropped series moves: nothing to score it with
     res = m.score(test)
     assert not res.is_anomaly.any() and np.isfinite(res.score).all()
+
+
+def test_rows_already_seen_are_skipped(fitted) -> None:
+    model, train, test = fitted
+    m = copy.deepcopy(model)
+    first = m.score(test.iloc[:20])
+    again = m.score(test.iloc[10:30])  # overlaps: only the 10 new rows are scored
+    assert len(again.ts) == 10 and again.ts[0] == float(test.index[20])
+    ref = copy.deepcopy(model).score(test.iloc[:30])
+    np.testing.assert_allclose(np.concatenate([first.score, again.score]), ref.score)
+    assert len(copy.deepcopy(model).score(train.iloc[-5:]).ts) == 0
