@@ -196,9 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {d.name}", file=sys.stderr, flush=True)
             rows += run_dataset(d, Path(tmp))
             print(table([r for r in rows if r.dataset == d.name]), flush=True)
+    try:
+        shown = str(Path("..") / args.datasets.resolve().relative_to(REPO.parent))
+    except ValueError:
+        shown = str(args.datasets)
     text = (
         "# Detection quality: dcwatch defaults vs baselines\n\n"
-        f"Datasets: `{args.datasets}` ({', '.join(d.name for d in dirs)}). Produced by "
+        f"Datasets: `{shown}` ({', '.join(d.name for d in dirs)}). Produced by "
         "`bench/detect_quality.py`; every method is scored from its `timestamp,score,is_anomaly` "
         "output the same way, metrics pooled over each dataset's entities. Baselines flag "
         f"scores above the {BASELINE_QUANTILE}th percentile of their training scores; dcwatch "
