@@ -17,6 +17,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import numpy as np
+
 from detectors.frame import Frame
 from detectors.models.node import ModelConfig, NodeModel
 
@@ -24,9 +26,9 @@ log = logging.getLogger("dcwatch.analyzer.fit")
 T = TypeVar("T")
 
 
-def fit_model(frame: Frame, config: ModelConfig) -> bytes:
-    """Fit one node's model; runs in a worker."""
-    return NodeModel(config).fit(frame).dumps()
+def fit_model(frame: Frame, config: ModelConfig, exclude: np.ndarray | None = None) -> bytes:
+    """Fit one node's model, not learning from the ``exclude`` rows; runs in a worker."""
+    return NodeModel(config).fit(frame, exclude).dumps()
 
 
 class FitBackend:
@@ -61,9 +63,11 @@ class FitBackend:
         assert self._executor is not None, "FitBackend.start() was not awaited"
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def fit(self, frame: Frame, config: ModelConfig) -> NodeModel:
+    async def fit(
+        self, frame: Frame, config: ModelConfig, exclude: np.ndarray | None = None
+    ) -> NodeModel:
         """Fit one node's anomaly model on a worker."""
-        return NodeModel.loads(await self.run(fit_model, frame, config))
+        return NodeModel.loads(await self.run(fit_model, frame, config, exclude))
 
     async def close(self) -> None:
         if self._dask is not None:

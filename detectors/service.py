@@ -50,6 +50,9 @@ class NodeState:
     scored_rows: int = 0
     alert_key: str = ""  # the firing alert's identity, fixed for the whole incident
     device: dict[str, str] = field(default_factory=dict)  # implicated gpu/device, fixed too
+    # [start, end] of recent alerts (end None while open): a refit does not learn from them, so
+    # an incident that lasts days does not become "normal".
+    alert_spans: list[list[float | None]] = field(default_factory=list)
 
 
 class Analyzer:
@@ -171,8 +174,14 @@ class Analyzer:
         rows = Frame(frame.times[new], frame.columns, frame.values[new])
         result = model.score(rows)
         node.scored_rows += len(rows)
+        if not len(result.ts):
+            return
         node.score = float(result.score[-1])
         was, node.anomaly = node.anomaly, bool(result.is_anomaly[-1])
+        if node.anomaly and not was:
+            node.alert_spans.append([float(result.ts[0]), None])
+        elif was and not node.anomaly and node.alert_spans:
+            node.alert_spans[-1][1] = float(result.ts[-1])
         if node.anomaly:
             node.contributors = next(
                 (c for c in reversed(result.contributors) if c), node.contributors
@@ -256,9 +265,12 @@ class Analyzer:
                     # Not enough history yet: stay in cold start, look again later.
                     node.next_fit_try = now + max(m.step, min(300.0, m.min_train / 4))
                     return
+                exclude = self._alerted_rows(node, frame.times)
                 t0 = time.perf_counter()
-                model = await self.backend.fit(frame, self.model_config)
+                model = await self.backend.fit(frame, self.model_config, exclude)
                 node.fit_duration = time.perf_counter() - t0
+                if node.model is not None:
+                    model.carry_alert(node.model)  # an open incident stays open
             await asyncio.to_thread(self.models.save, node.instance, model)
             # Rows scored since the fit's frame was read are re-scored by the new model.
             node.model, node.status, node.fit_error = model, "fitted", ""
@@ -282,6 +294,17 @@ class Analyzer:
             )
         finally:
             node.fitting = False
+
+    def _alerted_rows(self, node: NodeState, times: np.ndarray) -> np.ndarray | None:
+        """Rows of the training window that fell inside an alert (not to be learnt as normal)."""
+        if len(times):
+            node.alert_spans = [s for s in node.alert_spans if s[1] is None or s[1] >= times[0]]
+        if not node.alert_spans:
+            return None
+        mask = np.zeros(len(times), dtype=bool)
+        for start, end in node.alert_spans:
+            mask |= (times >= start) & (times <= (np.inf if end is None else end))
+        return mask
 
     def _update_staleness(self, now: float) -> None:
         limit = 2 * self.cfg.model.refit_interval

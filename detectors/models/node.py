@@ -118,10 +118,13 @@ class NodeModel:
     def refit(self, frame: AnyFrame, exclude: np.ndarray | None = None) -> NodeModel:
         """A new model fitted on ``frame`` (which should end with the last row scored) that carries
         this one's alert state over, so an alert in progress is not resolved by the refit."""
-        new = NodeModel(self.config).fit(frame, exclude)
-        if self.fitted:
-            new.alert_ = AlertState(**vars(self.alert_))
-        return new
+        return NodeModel(self.config).fit(frame, exclude).carry_alert(self)
+
+    def carry_alert(self, old: NodeModel) -> NodeModel:
+        """Take over ``old``'s alert state (an alert in progress stays open across a refit)."""
+        if old.fitted:
+            self.alert_ = AlertState(**vars(old.alert_))
+        return self
 
     @property
     def series(self) -> list[str]:

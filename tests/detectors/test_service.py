@@ -128,9 +128,24 @@ async def test_cold_start_fit_alert_resolve_restart(
     page = await (await client.get("/")).text()
     assert "DcwatchNodeAnomaly" in page and "node-1:9478" in page
 
+    # A refit during the incident keeps it open, and does not learn the fault as normal: the
+    # alerted rows are left out of its training.
+    end = src.fault_from + 10 * STEP
+    frame = (await src.fetch(end - 3600, end, STEP))["node-1:9478"]
+    excluded = an._alerted_rows(node, frame.times)
+    assert excluded is not None and excluded[frame.times >= src.fault_from + 2 * STEP].all()
+    assert not excluded[frame.times < src.fault_from].any()
+    old_model = node.model
+    assert an.request_fit("node-1:9478", end)
+    await an.wait_fits()
+    assert node.model is not old_model
+    assert node.model.alert_.active  # the incident's state carried over, not reset
+    await drive(app, src, src.fault_from + 11 * STEP, src.fault_from + 12 * STEP)
+    assert node.anomaly
+
     # Back to normal: the alert resolves (endsAt set), within a few minutes.
     src.fault = False
-    await drive(app, src, src.fault_from + 11 * STEP, src.fault_from + 40 * STEP)
+    await drive(app, src, src.fault_from + 13 * STEP, src.fault_from + 40 * STEP)
     assert not node.anomaly
     last = json.loads((tmp_path / "state/alerts.jsonl").read_text().splitlines()[-1])
     assert last["status"] == "resolved"
