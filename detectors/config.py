@@ -98,6 +98,13 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
         "target false-alert rate per node; calibrates the threshold on training scores",
     ),
     Setting(
+        "model.group_by",
+        st.to_regex,
+        "",
+        "fit one shared model per group of like nodes: a regex on the instance whose first "
+        "capture group (or whole match) names the group, e.g. '^(dgx-h100)-'; default per node",
+    ),
+    Setting(
         "model.workers",
         st.to_int,
         1,
@@ -120,6 +127,7 @@ class ModelSettings:
     min_train: float = 3600.0
     refit_interval: float = 86400.0
     alerts_per_week: float | None = None  # None: the detector's default
+    group_by: str = ""  # regex; empty: one model per node
     workers: int = 1
     dask_scheduler: str = ""
 

@@ -22,6 +22,7 @@ live call with one new row run the same code (``FeatureBuilder.transform``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
@@ -105,6 +106,17 @@ def frame_arrays(frame: AnyFrame) -> tuple[np.ndarray, list[str], np.ndarray]:
     return ts, cols, vals
 
 
+def varying_columns(names: Sequence[str], raw: np.ndarray) -> list[str]:
+    """The series with at least two distinct finite values (constant or empty ones carry no
+    signal and are dropped)."""
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(raw)
+        lo = np.min(np.where(finite, raw, np.inf), axis=0) if raw.size else np.zeros(len(names))
+        hi = np.max(np.where(finite, raw, -np.inf), axis=0) if raw.size else np.zeros(len(names))
+    keep = finite.any(axis=0) & (hi > lo)
+    return [str(c) for c, k in zip(names, keep, strict=True) if k]
+
+
 def robust_center_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column median and a robust scale with fallbacks (MAD, IQR, std, 1) that is never 0."""
     x = np.asarray(x, dtype=float)
@@ -172,19 +184,26 @@ class FeatureBuilder:
         self.fit_transform(frame, exclude)
         return self
 
-    def fit_transform(self, frame: AnyFrame, exclude: np.ndarray | None = None) -> FeatureBlock:
-        """``fit``, then the features of the training rows (as ``transform(frame, None)``)."""
+    def fit_transform(
+        self,
+        frame: AnyFrame,
+        exclude: np.ndarray | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> FeatureBlock:
+        """``fit``, then the features of the training rows (as ``transform(frame, None)``).
+
+        ``columns`` fixes the series used and their order (a group of nodes shares one
+        detector, so every member needs the same features); by default, the varying ones.
+        """
         cfg = self.config
         ts, names, raw = frame_arrays(frame)
-        with np.errstate(all="ignore"):
-            finite = np.isfinite(raw)
-            raw = np.where(finite, raw, np.nan)
-            lo = np.nanmin(np.where(finite, raw, np.inf), axis=0) if raw.size else np.zeros(0)
-            hi = np.nanmax(np.where(finite, raw, -np.inf), axis=0) if raw.size else np.zeros(0)
-        keep = finite.any(axis=0) & (hi > lo)
-        self.columns_ = [str(c) for c, k in zip(names, keep, strict=True) if k]
-        self.dropped_ = [str(c) for c, k in zip(names, keep, strict=True) if not k]
-        raw = raw[:, keep]
+        if columns is None:
+            columns = varying_columns(names, raw)
+        index = {n: i for i, n in enumerate(names)}
+        take = [index[c] for c in columns]
+        self.columns_ = [str(c) for c in columns]
+        self.dropped_ = [str(n) for n in names if n not in set(self.columns_)]
+        raw = raw[:, take]
         self.fill_ = np.nan_to_num(np.nanmedian(raw, axis=0)) if raw.shape[0] else np.zeros(0)
         self.step_ = float(np.median(np.diff(ts))) if ts.size > 1 else 60.0
         values = ffill(raw, self.fill_)

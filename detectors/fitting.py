@@ -31,6 +31,14 @@ def fit_model(frame: Frame, config: ModelConfig, exclude: np.ndarray | None = No
     return NodeModel(config).fit(frame, exclude).dumps()
 
 
+def fit_group(
+    frames: dict[str, Frame], config: ModelConfig, excludes: dict[str, np.ndarray | None]
+) -> dict[str, bytes]:
+    """Fit a group of like nodes sharing one detector (``NodeModel.fit_group``); in a worker."""
+    models = NodeModel.fit_group(frames, config, excludes)
+    return {name: model.dumps() for name, model in models.items()}
+
+
 class FitBackend:
     """Runs :func:`fit_model` off the scoring loop."""
 

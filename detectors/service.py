@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from detectors.alerts import Contributor as AlertContributor
 from detectors.alerts import build_alert
 from detectors.config import AnalyzerConfig
 from detectors.decisions import Contributor
-from detectors.fitting import FitBackend, ModelStore
+from detectors.fitting import FitBackend, ModelStore, fit_group
 from detectors.frame import Frame, Source, split_column
 from detectors.models.node import ModelConfig, NodeModel
 
@@ -85,6 +86,7 @@ class Analyzer:
         self.source_errors = 0
         self.last_source_error = ""
         self._fit_slots = asyncio.Semaphore(max(1, cfg.model.workers))
+        self._group_re = re.compile(cfg.model.group_by) if cfg.model.group_by else None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -138,15 +140,17 @@ class Analyzer:
                 step,
             )
             return
+        # New nodes first, so a group's first fit sees all the members that showed up together.
+        for instance in frames.keys() - self.nodes.keys():
+            self.nodes[instance] = NodeState(instance, now)
+            log.info(
+                "new node %s (group %s): cold start until %gs of history",
+                instance,
+                self.group_of(instance),
+                self.cfg.model.min_train,
+            )
         for instance, frame in frames.items():
-            node = self.nodes.get(instance)
-            if node is None:
-                node = self.nodes[instance] = NodeState(instance, now)
-                log.info(
-                    "new node %s: cold start until %gs of history",
-                    instance,
-                    self.cfg.model.min_train,
-                )
+            node = self.nodes[instance]
             if node.model is not None:
                 await self._score_node(node, frame)
             self._maybe_fit(node, now)
@@ -238,14 +242,29 @@ class Analyzer:
         if due:
             self.request_fit(node.instance, now)
 
+    def group_of(self, instance: str) -> str:
+        """The node's model group: ``model.group_by``'s first capture group (or whole match) on
+        the instance name; a node that does not match, or no ``group_by``, is its own group."""
+        if self._group_re is None:
+            return instance
+        m = self._group_re.search(instance)
+        if m is None:
+            return instance
+        return m.group(1) if m.groups() and m.group(1) is not None else m.group(0)
+
     def request_fit(self, instance: str, now: float | None = None) -> bool:
-        """Start a fit of ``instance`` on the history up to ``now`` in the background (also the
-        on-demand refit); False if it is unknown or already fitting."""
+        """Start a fit of ``instance`` (with the other members of its group) on the history up to
+        ``now`` in the background (also the on-demand refit); False if unknown or fitting."""
         node = self.nodes.get(instance)
         if node is None or node.fitting:
             return False
-        node.fitting = True
-        task = asyncio.create_task(self._fit(node, time.time() if now is None else now))
+        group = self.group_of(instance)
+        members = [
+            n for n in self.nodes.values() if not n.fitting and self.group_of(n.instance) == group
+        ]
+        for n in members:
+            n.fitting = True
+        task = asyncio.create_task(self._fit(node, members, time.time() if now is None else now))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -254,46 +273,62 @@ class Analyzer:
         """Wait for the fits under way (tests, shutdown)."""
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _fit(self, node: NodeState, now: float) -> None:
+    async def _fit(self, node: NodeState, members: list[NodeState], now: float) -> None:
+        """Fit ``node``'s group: each member with ``min_train`` of history; one model per node
+        when the group has a single such member, else one shared detector (``fit_group``)."""
         m = self.cfg.model
         try:
             async with self._fit_slots:
                 frames = await self.source.fetch(now - m.train_window, now, m.step)
-                frame = frames.get(node.instance)
-                rows = 0 if frame is None else int(np.isfinite(frame.values).any(axis=1).sum())
-                if frame is None or rows * m.step < m.min_train:
-                    # Not enough history yet: stay in cold start, look again later.
-                    node.next_fit_try = now + max(m.step, min(300.0, m.min_train / 4))
+                ready: dict[str, Frame] = {}
+                for n in members:
+                    frame = frames.get(n.instance)
+                    rows = 0 if frame is None else int(np.isfinite(frame.values).any(axis=1).sum())
+                    if frame is not None and rows * m.step >= m.min_train:
+                        ready[n.instance] = frame
+                    else:  # not enough history yet: stays in cold start, looked at again later
+                        n.next_fit_try = now + max(m.step, min(300.0, m.min_train / 4))
+                if not ready:
                     return
-                exclude = self._alerted_rows(node, frame.times)
+                excludes = {i: self._alerted_rows(self.nodes[i], f.times) for i, f in ready.items()}
                 t0 = time.perf_counter()
-                model = await self.backend.fit(frame, self.model_config, exclude)
-                node.fit_duration = time.perf_counter() - t0
-                if node.model is not None:
-                    model.carry_alert(node.model)  # an open incident stays open
-            await asyncio.to_thread(self.models.save, node.instance, model)
-            # Rows scored since the fit's frame was read are re-scored by the new model.
-            node.model, node.status, node.fit_error = model, "fitted", ""
-            node.next_fit_try = 0.0
+                if len(ready) == 1:
+                    ((inst, frame),) = ready.items()
+                    models = {
+                        inst: await self.backend.fit(frame, self.model_config, excludes[inst])
+                    }
+                else:
+                    blobs = await self.backend.run(fit_group, ready, self.model_config, excludes)
+                    models = {i: NodeModel.loads(b) for i, b in blobs.items()}
+                took = time.perf_counter() - t0
+            for inst, model in models.items():
+                member = self.nodes[inst]
+                if member.model is not None:
+                    model.carry_alert(member.model)  # an open incident stays open
+                await asyncio.to_thread(self.models.save, inst, model)
+                # Rows scored since the fit's frame was read are re-scored by the new model.
+                member.model, member.status, member.fit_error = model, "fitted", ""
+                member.fit_duration, member.next_fit_try = took, 0.0
             log.info(
-                "fitted %s on %d rows in %.2fs (%d series)",
-                node.instance,
-                rows,
-                node.fit_duration,
-                len(model.series),
+                "fitted %s in %.2fs (%d series)",
+                ", ".join(models),
+                took,
+                len(next(iter(models.values())).series),
             )
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            node.fit_error = f"{type(e).__name__}: {e}"
-            node.next_fit_try = now + 300
+            for n in members:
+                n.fit_error = f"{type(e).__name__}: {e}"
+                n.next_fit_try = now + 300
             log.error(
                 "fit of %s failed: %s; keeps its old model, retry in 300s",
-                node.instance,
-                node.fit_error,
+                ", ".join(n.instance for n in members),
+                f"{type(e).__name__}: {e}",
             )
         finally:
-            node.fitting = False
+            for n in members:
+                n.fitting = False
 
     def _alerted_rows(self, node: NodeState, times: np.ndarray) -> np.ndarray | None:
         """Rows of the training window that fell inside an alert (not to be learnt as normal)."""

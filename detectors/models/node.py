@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,15 @@ from detectors.decisions import (
     smooth,
     top_contributors,
 )
-from detectors.features import AnyFrame, FeatureBuilder, FeatureConfig, History
+from detectors.features import (
+    AnyFrame,
+    FeatureBlock,
+    FeatureBuilder,
+    FeatureConfig,
+    History,
+    frame_arrays,
+    varying_columns,
+)
 from detectors.models.ensemble import EnsembleDetector
 
 STATE_VERSION = 1
@@ -79,36 +87,99 @@ class NodeModel:
         ``exclude`` (one bool per row) marks rows not to learn from, e.g. the rows that alerted
         since the last fit (see ``refit``): features still use them as context.
         """
-        cfg = self.config
+        t0 = time.perf_counter()
+        block, use = self._fit_features(frame, exclude)
+        detector = self._new_detector().fit(block.z[use])
+        raw = detector.anomaly_score(block.z)
+        smoothed, _ = smooth(np.zeros(0), raw, self.config.decisions.smooth_points)
+        days = int(use.sum()) * self.features_.step_ / SECONDS_PER_DAY
+        threshold = calibrate_threshold(smoothed[use], days, self.config.decisions)
+        return self._finish(block, use, detector, raw, threshold, time.perf_counter() - t0)
+
+    @classmethod
+    def fit_group(
+        cls,
+        frames: Mapping[str, AnyFrame],
+        config: ModelConfig | None = None,
+        excludes: Mapping[str, np.ndarray | None] | None = None,
+    ) -> dict[str, NodeModel]:
+        """Fit a group of like nodes: one detector and one threshold learnt from all members'
+        training rows, while each member keeps its own scaling, daily profile and streaming
+        state. The series used are those that vary on every member.
+
+        The threshold is calibrated on the pooled scores over the pooled training days, so the
+        target rate stays per node; a group sees more rare-but-normal behaviour than one node.
+        """
+        t0 = time.perf_counter()
+        cfg = config or ModelConfig()
+        varying = [varying_columns(*frame_arrays(f)[1:]) for f in frames.values()]
+        common = [c for c in varying[0] if all(c in v for v in varying[1:])] if varying else []
+        members: dict[str, tuple[NodeModel, FeatureBlock, np.ndarray]] = {}
+        for name, frame in frames.items():
+            model = cls(cfg)
+            exclude = (excludes or {}).get(name)
+            members[name] = (model, *model._fit_features(frame, exclude, common))
+        detector = (
+            cls(cfg)
+            ._new_detector()
+            .fit(np.vstack([block.z[use] for _, block, use in members.values()]))
+        )
+        raws, pooled, days = {}, [], 0.0
+        for name, (model, block, use) in members.items():
+            raws[name] = detector.anomaly_score(block.z)
+            smoothed, _ = smooth(np.zeros(0), raws[name], cfg.decisions.smooth_points)
+            pooled.append(smoothed[use])
+            days += int(use.sum()) * model.features_.step_ / SECONDS_PER_DAY
+        threshold = calibrate_threshold(np.concatenate(pooled), days, cfg.decisions)
+        seconds = time.perf_counter() - t0
+        return {
+            name: model._finish(block, use, detector, raws[name], threshold, seconds)
+            for name, (model, block, use) in members.items()
+        }
+
+    def _fit_features(
+        self, frame: AnyFrame, exclude: np.ndarray | None, columns: Sequence[str] | None = None
+    ) -> tuple[FeatureBlock, np.ndarray]:
+        """Fit the feature builder; the training features and the rows to learn from."""
         if len(frame) < 2:
             raise ValueError(f"need at least 2 training rows, got {len(frame)}")
-        t0 = time.perf_counter()
-        self.features_ = FeatureBuilder(cfg.features)
-        block = self.features_.fit_transform(frame, exclude)
+        self.features_ = FeatureBuilder(self.config.features)
+        block = self.features_.fit_transform(frame, exclude, columns)
         use = np.ones(len(block.z), dtype=bool)
         use[: min(self.features_.history_len_, len(block.z) // 2)] = False
         if exclude is not None:
             use &= ~np.asarray(exclude, dtype=bool)
         if use.sum() < 2:
             use[:] = True
-        Z = block.z[use]
-        self.detector_ = EnsembleDetector(
+        return block, use
+
+    def _new_detector(self) -> EnsembleDetector:
+        cfg = self.config
+        return EnsembleDetector(
             channels=cfg.channels,
             n_estimators=cfg.n_estimators,
             max_train_rows=cfg.max_train_rows,
             random_state=cfg.random_state,
-        ).fit(Z)
-        raw = self.detector_.anomaly_score(block.z)
-        dcfg = cfg.decisions
-        smoothed, _ = smooth(np.zeros(0), raw, dcfg.smooth_points)
-        days = int(use.sum()) * self.features_.step_ / SECONDS_PER_DAY
-        self.threshold_: Threshold = calibrate_threshold(smoothed[use], days, dcfg)
+        )
+
+    def _finish(
+        self,
+        block: FeatureBlock,
+        use: np.ndarray,
+        detector: EnsembleDetector,
+        raw: np.ndarray,
+        threshold: Threshold,
+        seconds: float,
+    ) -> NodeModel:
+        """Install the fitted parts; the streaming state continues right after training."""
+        dcfg = self.config.decisions
+        self.detector_ = detector
+        self.threshold_: Threshold = threshold
         self.train_rows_ = int(use.sum())
-        self.train_days_ = days
-        self.fit_seconds_ = time.perf_counter() - t0
+        self.train_days_ = self.train_rows_ * self.features_.step_ / SECONDS_PER_DAY
+        self.fit_seconds_ = seconds
         self.fitted_at_ = time.time()
         self.last_ts_ = float(block.ts[-1]) if len(block.ts) else float("nan")
-        # Streaming state continues right after the training window.
         self.history_: History = block.history
         self.score_tail_ = raw[-(dcfg.smooth_points - 1) :] if dcfg.smooth_points > 1 else raw[:0]
         self.alert_ = AlertState()
