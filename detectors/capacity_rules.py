@@ -77,6 +77,10 @@ class CapacityRule:
     min_history: float = DAY  # no forecast before this much history
     refit: float = 6 * 3600.0  # full refit interval; updated with new points in between
     forecast_horizons: tuple[float, ...] = DEFAULT_HORIZONS
+    # Capacity of one unit (one GPU's memory, one PSU...): then the planner also says how many
+    # more units keep the upper forecast at the horizon below the threshold ("N more GPUs").
+    unit_capacity: float | None = None
+    unit_name: str = "units"
 
     @property
     def label(self) -> str:
@@ -177,7 +181,7 @@ def default_rules(node_power_budget: float | None = None) -> tuple[CapacityRule,
 _KEYS = {
     "name", "series", "capacity", "threshold", "horizon", "per", "title", "unit", "aggregate",
     "group", "instances", "instance_regex", "forecaster", "window", "smooth", "step", "history",
-    "min_history", "refit", "forecast_horizons",
+    "min_history", "refit", "forecast_horizons", "unit_capacity", "unit_name",
 }  # fmt: skip
 _NAME_RE = re.compile(r"[A-Za-z_]\w*")
 
@@ -227,6 +231,16 @@ def _durations(v: Any) -> tuple[float, ...]:
     return tuple(sorted(st.to_positive_float(x) for x in items))
 
 
+def _positive_number(v: Any) -> float:
+    """A positive number; also from a string such as ``80e9`` (YAML 1.1 reads that as text)."""
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ValueError(f"expected a positive number, got {v!r}") from None
+    return st.to_positive_float(v)
+
+
 def parse_rule(raw: Any, where: str) -> CapacityRule:
     """One rule mapping; errors name ``where`` (index and name) and the key."""
     if not isinstance(raw, Mapping):
@@ -262,6 +276,8 @@ def parse_rule(raw: Any, where: str) -> CapacityRule:
         "min_history": st.to_positive_float,
         "refit": st.to_positive_float,
         "forecast_horizons": _durations,
+        "unit_capacity": _positive_number,
+        "unit_name": st.to_str,
     }
     for key, fn in converters.items():
         if key in raw and raw[key] is not None:

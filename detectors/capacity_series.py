@@ -206,7 +206,8 @@ def assess(
         if capacity is not None:
             ex = time_to_exhaustion(times, bands, rule.threshold * capacity, now, current)
         forecasts = {}
-        for h in rule.forecast_horizons:
+        # The exported horizons and the rule's own (what "units needed" is judged at).
+        for h in dict.fromkeys((*rule.forecast_horizons, rule.horizon)):
             i = int(np.clip(round((now + h - times[0]) / rule.step), 0, steps - 1))
             mean, lo, hi = (float(bands[k][i]) for k in ("mean", "lo-95", "hi-95"))
             forecasts[h] = (mean, lo, hi)

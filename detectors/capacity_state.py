@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,17 @@ class SeriesState:
         return self.current / self.capacity
 
     @property
+    def units_needed(self) -> int | None:
+        """Units of ``rule.unit_capacity`` to add so the upper 95 % forecast at the rule's
+        horizon stays below the threshold (0: enough as it is); None when not applicable."""
+        rule = self.rule
+        if not rule.unit_capacity or not self.capacity or rule.horizon not in self.forecasts:
+            return None
+        upper = self.forecasts[rule.horizon][2]
+        missing = upper / rule.threshold - self.capacity
+        return max(0, math.ceil(missing / rule.unit_capacity - 1e-9))
+
+    @property
     def model(self) -> str:
         f = self.forecaster
         if f is None:
@@ -107,6 +119,9 @@ def capacity_alert(st: SeriesState, alerting: AlertingConfig) -> Alert:
         desc = f"forecast to reach {rule.threshold:.0%} of capacity {when}"
         desc += f" (95% interval: {lo} to {hi})"
     desc += (f"; {util:.0%} used now" if util is not None else "") + f"; {st.model} forecaster"
+    if st.units_needed:
+        within = human_duration(rule.horizon)
+        desc += f"; {st.units_needed} more {rule.unit_name} needed within {within}"
     per = {rule.per: st.device} if rule.per and st.device is not None else {}
     return build_alert(
         alerting,

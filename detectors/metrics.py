@@ -81,6 +81,12 @@ EXHAUSTION = MetricSpec(
     "the rule's horizon)",
     ("rule", "instance"),
 )
+UNITS_NEEDED = MetricSpec(
+    "dcwatch_capacity_units_needed",
+    "Units of the rule's unit_capacity (e.g. GPUs) to add so the upper 95 % forecast at the "
+    "rule's horizon stays below its threshold (0: enough); only rules with unit_capacity",
+    ("rule", "instance"),
+)
 EXHAUSTION_EARLIEST = MetricSpec(
     "dcwatch_capacity_exhaustion_earliest_seconds",
     "Seconds until the upper 95 % forecast band reaches the threshold (absent beyond the horizon)",
@@ -208,6 +214,7 @@ def capacity_families(planner: CapacityPlanner) -> Iterable[Metric]:
                 ):
                     add(spec, v if v is not None and v <= rule.horizon else None, lab)
             add(UTILIZATION, st.utilization, lab)
+            add(UNITS_NEEDED, st.units_needed, lab)
             add(MODEL_INFO, 1, {**lab, "model": st.model})
             for h, (mean, lo, hi) in st.forecasts.items():
                 hl = {**lab, "horizon": horizon_label(h)}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from agent.settings import ConfigError
 from detectors.app import ANALYZER, PLANNER, make_app, make_source
@@ -29,6 +30,7 @@ from detectors.capacity_series import (
     time_to_exhaustion,
     trailing_mean,
 )
+from detectors.capacity_state import SeriesState
 from detectors.config import load_analyzer_config
 from detectors.frame import Frame, column_name, make_grid
 from detectors.models.forecast import LinearTrendForecaster
@@ -517,6 +519,8 @@ capacity_rules:
     min_history: 1h
     forecaster: linear
     window: 1h
+    unit_capacity: 500   # one more power feed of 500 W
+    unit_name: feeds
 """
     # Two nodes each adding 5 W a minute from 1000 W: the sum reaches 2700 W (0.9 x 3000) from
     # 2000 W at 10 W a minute, 70 minutes after T0. A third node is not in the rack.
@@ -535,7 +539,33 @@ capacity_rules:
     lab = {"rule": "rack_power", "instance": "rack-a"}
     assert sample(body, "dcwatch_capacity_exhaustion_seconds", **lab) == 50 * STEP
     assert sample(body, "dcwatch_capacity_utilization_ratio", **lab) == pytest.approx(2200 / 3000)
+    # In an hour the rack draws 2800 W: 2800 / 0.9 = 3111 W of capacity needed, one more feed.
+    assert sample(body, "dcwatch_capacity_units_needed", **lab) == 1
     await client.close()
+
+
+def test_units_needed_keeps_the_upper_forecast_below_the_threshold() -> None:
+    rule = parse_rules(
+        [
+            {
+                "name": "fleet_gpu_memory",
+                "series": "x",
+                "capacity": 1000,
+                "threshold": 0.9,
+                "horizon": "7d",
+                "unit_capacity": 50,
+                "unit_name": "GPUs",
+            }
+        ],
+        "test",
+    )[0]
+    st = SeriesState(rule, "fleet", None, capacity=1000.0)
+    st.forecasts = {rule.horizon: (900.0, 850.0, 1000.0)}
+    assert st.units_needed == 3  # 1000 / 0.9 = 1111.1: 111.1 more, in units of 50
+    st.forecasts = {rule.horizon: (700.0, 650.0, 800.0)}
+    assert st.units_needed == 0
+    no_units = parse_rules([{"name": "r", "series": "x", "capacity": 1000}], "test")[0]
+    assert SeriesState(no_units, "n", None, capacity=1000.0).units_needed is None
 
 
 async def test_page_render_time_with_many_series(tmp_path: Path) -> None:
@@ -564,3 +594,12 @@ async def test_page_render_time_with_many_series(tmp_path: Path) -> None:
     for c in reversed(runner_ctx):
         with pytest.raises(StopAsyncIteration):
             await c.__anext__()
+
+
+def test_the_readme_example_rules_parse() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("capacity_rules:\n  - name: gpu_memory")
+    block = yaml.safe_load(readme[start : readme.index("```", start)])
+    rules = {r.name: r for r in parse_rules(block["capacity_rules"], "README")}
+    assert rules["fleet_gpu_memory"].unit_capacity == 80e9
+    assert rules["rack_a_power"].aggregate == "sum"
