@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detectors.capacity_series import human_duration
+from detectors.page import plural
 
 if TYPE_CHECKING:
     from detectors.capacity import CapacityPlanner
@@ -220,7 +221,7 @@ def render_capacity(planner: CapacityPlanner, now: float | None = None) -> str:
         if s.exhaustion.estimate <= s.rule.horizon
     ]
     head = (
-        f"<h2>Capacity</h2><p class='small'>{len(planner.rules)} rules · "
+        f"<h2>Capacity</h2><p class='small'>{plural(len(planner.rules), 'rule')} · "
         f"{len(ranked)} series forecast · {len(full)} forecast full within their horizon"
         + (f" · {len(waiting)} collecting history" if waiting else "")
         + "</p>"

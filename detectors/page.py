@@ -17,6 +17,11 @@ border-bottom:1px solid #ddd}th{background:#f4f4f4}.anomaly{background:#fde2e1}
 .cold_start{color:#777}.stale{color:#a60}.small{font-size:.85em;color:#555}"""
 
 
+def plural(n: int, word: str) -> str:
+    """``1 node``, ``3 nodes``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -64,7 +69,7 @@ def render_overview(an: Analyzer, planner: CapacityPlanner | None = None) -> str
         "<link rel='icon' href='data:,'>"  # no favicon request: nothing leaves the page
         f"<meta http-equiv='refresh' content='30'><style>{STYLE}{style}</style></head><body>"
         f"<h1>dcwatch analyzer</h1><p class='small'>{e(an.cfg.mode)} source · "
-        f"{len(an.nodes)} nodes · last scoring pass {an.pass_duration * 1000:.0f} ms · "
+        f"{plural(len(an.nodes), 'node')} · last scoring pass {an.pass_duration * 1000:.0f} ms · "
         "<a href='/metrics'>/metrics</a> · <a href='/api/nodes'>/api/nodes</a></p>"
         "<h2>Active alerts</h2>"
         + (
