@@ -12,31 +12,19 @@ from collections.abc import Sequence
 
 from agent.app import make_app
 from agent.config import AgentConfig, build_parser, config_from_args
-from agent.lifecycle import ListenError, serve_app
+from agent.lifecycle import ListenError, serve_app, setup_logging
 from agent.settings import ConfigError
-from agent.webconfig import load_web_config, make_ssl_context
+from agent.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("dcwatch.agent")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-async def serve(config: AgentConfig) -> None:
-    ssl_ctx = None
-    if config.web_config is not None:
-        wc = load_web_config(config.web_config)
-        if wc.tls is not None:
-            ssl_ctx = make_ssl_context(wc.tls, config.web_config)
+async def serve(config: AgentConfig, web: WebConfig | None) -> None:
+    ssl_ctx = web.ssl_context if web is not None else None
     host, port = config.listen
     log.info("config: %s", config.source)
     await serve_app(
-        make_app(config),
+        make_app(config, web_config=web),
         host,
         port,
         name="dcwatch agent",
@@ -64,14 +52,13 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     args = build_parser(parser).parse_args(argv)
     try:
         config = config_from_args(args, os.environ)
-        if config.web_config is not None:
-            load_web_config(config.web_config)
+        web = load_web_config(config.web_config) if config.web_config is not None else None
     except ConfigError as e:
         print(f"dcwatch agent: configuration error: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, web))
     except ListenError as e:
         log.error("%s", e)
         return 1

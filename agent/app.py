@@ -16,7 +16,7 @@ from prometheus_client.openmetrics import exposition as om_exposition
 
 from agent.config import AgentConfig
 from agent.registry import CollectorRunner, build_collectors
-from agent.webconfig import basic_auth_middleware, load_web_config
+from agent.webconfig import WebConfig, basic_auth_middleware, load_web_config
 from exporters.base import Collector, CollectorDeps
 
 log = logging.getLogger("dcwatch.agent")
@@ -127,13 +127,15 @@ def make_app(
     *,
     collectors: Sequence[Collector] | None = None,
     deps: CollectorDeps | None = None,
+    web_config: WebConfig | None = None,
 ) -> web.Application:
-    """Build the agent app. ``collectors``/``deps`` let tests inject fakes (e.g. a fake NVML)."""
+    """Build the agent app. ``collectors``/``deps`` let tests inject fakes (e.g. a fake NVML);
+    ``web_config`` is the already-read web config (else read from ``config.web_config``)."""
+    if web_config is None and config.web_config is not None:
+        web_config = load_web_config(config.web_config)
     middlewares = []
-    if config.web_config is not None:
-        wc = load_web_config(config.web_config)
-        if wc.basic_auth_users:
-            middlewares.append(basic_auth_middleware(wc.basic_auth_users))
+    if web_config is not None and web_config.basic_auth_users:
+        middlewares.append(basic_auth_middleware(web_config.basic_auth_users))
     app = web.Application(middlewares=middlewares)
     app[CONFIG] = config
     app[STARTED] = time.time()

@@ -141,9 +141,7 @@ class AgentConfig:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="dcwatch agent")
-    parser.add_argument(
-        "--config", type=Path, default=None, help="YAML config file (env DCWATCH_CONFIG)"
-    )
+    st.add_config_argument(parser)
     st.add_arguments(parser, AGENT_SETTINGS)
     return parser
 
@@ -176,7 +174,7 @@ def load_agent_config(
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfig:
-    file = args.config or (Path(env["DCWATCH_CONFIG"]) if env.get("DCWATCH_CONFIG") else None)
+    file = st.config_file(args, env)
     v, _ = st.resolve(AGENT_SETTINGS, args, env, file)
     return AgentConfig(
         listen=v["listen"],

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import signal
 import ssl
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -16,6 +17,15 @@ from aiohttp import web
 from agent import sdnotify
 
 log = logging.getLogger("dcwatch")
+
+
+def setup_logging(level: str) -> None:
+    """Plain, greppable lines on stderr (journald and kubectl logs add the timestamps' context)."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 class ListenError(OSError):

@@ -167,6 +167,19 @@ def one_of(*choices: str) -> Callable[[Any], str]:
 # --- loading ------------------------------------------------------------------------------
 
 
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (also ``DCWATCH_CONFIG``): the YAML file under the env and flags."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help=f"YAML config file (env {ENV_PREFIX}CONFIG)"
+    )
+
+
+def config_file(args: argparse.Namespace, env: Mapping[str, str]) -> Path | None:
+    """The config file named by ``--config`` or, failing that, ``DCWATCH_CONFIG``."""
+    named = args.config or env.get(ENV_PREFIX + "CONFIG")
+    return Path(named) if named else None
+
+
 def add_arguments(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> None:
     """Add one flag per setting; unset flags stay ``None`` so lower layers show through."""
     for s in table:

@@ -52,6 +52,8 @@ class TlsConfig:
 class WebConfig:
     tls: TlsConfig | None = None
     basic_auth_users: dict[str, str] = field(default_factory=dict)
+    # Built (and so checked) once when the file is read; what the server listens with.
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
 
 def load_web_config(path: Path) -> WebConfig:
@@ -92,10 +94,9 @@ def load_web_config(path: Path) -> WebConfig:
     for user, h in users.items():
         if not isinstance(h, str) or not h.startswith(("$2a$", "$2b$", "$2y$")):
             raise err(f"basic_auth_users.{user}", "must be a bcrypt hash ($2a$/$2b$/$2y$...)")
-    wc = WebConfig(tls, {str(u): h for u, h in users.items()})
-    if tls is not None:
-        make_ssl_context(wc.tls, path)  # fail at start-up, not at the first connection
-    return wc
+    # The TLS context is built here so a bad certificate fails start-up, not a connection.
+    ctx = make_ssl_context(tls, path) if tls is not None else None
+    return WebConfig(tls, {str(u): h for u, h in users.items()}, ctx)
 
 
 def make_ssl_context(tls: TlsConfig | None, source: Path | str = "web config") -> ssl.SSLContext:

@@ -156,9 +156,7 @@ class AnalyzerConfig:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="dcwatch analyzer")
-    parser.add_argument(
-        "--config", type=Path, default=None, help="YAML config file (env DCWATCH_CONFIG)"
-    )
+    st.add_config_argument(parser)
     st.add_arguments(parser, ANALYZER_SETTINGS)
     return parser
 
@@ -171,7 +169,7 @@ def load_analyzer_config(
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AnalyzerConfig:
-    file = args.config or (Path(env["DCWATCH_CONFIG"]) if env.get("DCWATCH_CONFIG") else None)
+    file = st.config_file(args, env)
     where = f"config file {file}" if file else "configuration"
     v, raw = st.resolve(ANALYZER_SETTINGS, args, env, file, extra_file_keys=("capacity_rules",))
     rules = raw.get("capacity_rules", [])

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent.lifecycle import ListenError, serve_app
+from agent.lifecycle import ListenError, serve_app, setup_logging
 from agent.settings import ConfigError
 from detectors.app import make_app
 from detectors.config import AnalyzerConfig, build_parser, config_from_args
@@ -29,11 +29,7 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as e:
         print(f"dcwatch analyzer: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(cfg.log_level)
     try:
         asyncio.run(serve(cfg))
     except ListenError as e:
