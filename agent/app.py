@@ -68,15 +68,18 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    runner = request.app[RUNNER]
-    families = await runner.scrape()
-    body, ctype = encode(families, request.headers.get("Accept", ""))
+def metrics_response(request: web.Request, metrics: Sequence[Metric]) -> web.Response:
+    """``metrics`` as the scraper asked: text or OpenMetrics, gzip or not (agent and analyzer)."""
+    body, ctype = encode(metrics, request.headers.get("Accept", ""))
     headers = {"Content-Type": ctype}
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         body = gzip.compress(body, compresslevel=1)  # level 1: most of the gain, little CPU
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return metrics_response(request, await request.app[RUNNER].scrape())
 
 
 def _status(app: web.Application) -> dict[str, object]:

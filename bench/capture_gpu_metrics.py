@@ -28,9 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prometheus_client import exposition  # noqa: E402
-from prometheus_client.core import Metric  # noqa: E402
 
+from agent.app import encode  # noqa: E402
 from agent.config import AgentConfig, GpuConfig  # noqa: E402
 from agent.registry import CollectorRunner, build_collectors  # noqa: E402
 from exporters import registry  # noqa: E402
@@ -38,19 +37,14 @@ from exporters.base import NoDataError  # noqa: E402
 from exporters.gpu import GpuCollector  # noqa: E402
 
 
-class _Families:
-    def __init__(self, metrics: list[Metric]) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> list[Metric]:
-        return self._metrics
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="file to write the exposition text to")
-    p.add_argument("--collectors", default="",
-                   help="comma-separated collectors (default: the agent's default set)")
+    p.add_argument(
+        "--collectors",
+        default="",
+        help="comma-separated collectors (default: the agent's default set)",
+    )
     p.add_argument("--sysfs", type=Path, default=Path("/sys"))
     p.add_argument("--procfs", type=Path, default=Path("/proc"))
     p.add_argument("--processes", action="store_true", help="export per-process GPU memory")
@@ -77,7 +71,7 @@ async def run(args: argparse.Namespace) -> int:
         metrics = await runner.scrape()
         first_wall = time.perf_counter() - t0
         first_gpu = runner.state["gpu"].duration
-        text = exposition.generate_latest(_Families(metrics)).decode()  # type: ignore[arg-type]
+        text = encode(metrics, accept="")[0].decode()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from agent.app import accepts_gzip, encode
+from agent.app import metrics_response
 from detectors.alert_sender import AlertSender
 from detectors.capacity import CapacityPlanner
 from detectors.capacity_rules import CapacityRule, parse_rules
@@ -107,17 +107,8 @@ def make_app(
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body, ctype = encode(
-        list(analyzer_families(request.app[ANALYZER], request.app[PLANNER])),
-        request.headers.get("Accept", ""),
-    )
-    headers = {"Content-Type": ctype}
-    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        import gzip
-
-        body = gzip.compress(body, compresslevel=1)
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+    families = analyzer_families(request.app[ANALYZER], request.app[PLANNER])
+    return metrics_response(request, list(families))
 
 
 async def healthz_handler(request: web.Request) -> web.Response:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-
+from agent.app import encode
 from exporters.base import Collector
 from tests.conftest import FIXTURES
 
@@ -23,19 +20,9 @@ def copy_sys(tree: Path, dst: Path) -> Path:
     return out
 
 
-class _Families:
-    def __init__(self, metrics: Iterable[Metric]) -> None:
-        self.metrics = list(metrics)
-
-    def collect(self) -> list[Metric]:
-        return self.metrics
-
-
 def scrape(collector: Collector) -> str:
     """One ``collect()`` rendered as exposition text, as /metrics would serve it."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Families(collector.collect()))
-    return generate_latest(reg).decode()
+    return encode(list(collector.collect()), accept="")[0].decode()
 
 
 def families(text: str) -> set[str]:

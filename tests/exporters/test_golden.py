@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prometheus_client import exposition
 
-from agent.app import _Families
+from agent.app import encode
 from agent.config import AgentConfig
 from agent.registry import CollectorRunner, build_collectors
 from tests.conftest import FIXTURES
@@ -23,8 +22,9 @@ TREES = sorted(p.name for p in FIXTURES.iterdir() if (p / "sys").is_dir())
 
 
 def render(tree: Path) -> str:
-    cfg = AgentConfig(sysfs=tree / "sys", procfs=tree / "proc",
-                      collectors=("power", "thermal", "network"))
+    cfg = AgentConfig(
+        sysfs=tree / "sys", procfs=tree / "proc", collectors=("power", "thermal", "network")
+    )
     return render_with(cfg)
 
 
@@ -36,7 +36,7 @@ def render_with(cfg: AgentConfig) -> str:
         metrics = asyncio.run(runner.scrape())
     finally:
         runner.close()
-    text = exposition.generate_latest(_Families(metrics)).decode()  # type: ignore[arg-type]
+    text = encode(metrics, accept="")[0].decode()
     lines = [ln for ln in text.splitlines() if not any(v in ln for v in VOLATILE)]
     return "\n".join(lines) + "\n"
 
