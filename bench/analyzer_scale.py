@@ -134,7 +134,7 @@ def main() -> int:
     end = start + rows * STEP
     for i in range(args.nodes):
         model = NodeModel.loads(blobs[i % len(blobs)])
-        an.nodes[f"node-{i:04d}:9478"] = NodeState(f"node-{i:04d}:9478", start, "fitted", model)
+        an.nodes[f"node-{i:04d}:9478"] = NodeState(f"node-{i:04d}:9478", "fitted", model)
     rss_models = psutil.Process().memory_info().rss
 
     async def passes() -> list[float]:

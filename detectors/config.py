@@ -149,10 +149,6 @@ class AnalyzerConfig:
     def mode(self) -> str:
         return "prometheus" if self.prometheus is not None else "embedded"
 
-    @property
-    def external_url(self) -> str:
-        return self.alerting.external_url
-
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="dcwatch analyzer")

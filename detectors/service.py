@@ -38,7 +38,6 @@ class NodeState:
     """What the service knows of one node, for /metrics, the page and alerts."""
 
     instance: str
-    first_seen: float
     status: str = "cold_start"  # cold_start | fitted | stale
     model: NodeModel | None = None
     score: float | None = None
@@ -92,9 +91,8 @@ class Analyzer:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.backend.start()
-        now = time.time()
         for instance, model in self.models.load_all().items():
-            self.nodes[instance] = NodeState(instance, now, status="fitted", model=model)
+            self.nodes[instance] = NodeState(instance, status="fitted", model=model)
         if self.nodes:
             log.info("loaded %d fitted models from %s", len(self.nodes), self.models.dir)
         # Alerts still firing from before a restart are kept; the first pass resolves them
@@ -142,7 +140,7 @@ class Analyzer:
             return
         # New nodes first, so a group's first fit sees all the members that showed up together.
         for instance in frames.keys() - self.nodes.keys():
-            self.nodes[instance] = NodeState(instance, now)
+            self.nodes[instance] = NodeState(instance)
             log.info(
                 "new node %s (group %s): cold start until %gs of history",
                 instance,
