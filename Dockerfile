@@ -1,7 +1,8 @@
 # One image, both commands: `dcwatch agent` (DaemonSet, one per node) and `dcwatch analyzer`.
 # Build: docker build -t ghcr.io/dcwatch/dcwatch:0.1.0 .
 # GPU metrics: run with the NVIDIA container runtime (NVIDIA_VISIBLE_DEVICES=all,
-# NVIDIA_DRIVER_CAPABILITIES=utility): it injects libnvidia-ml; nvidia-ml-py is installed here.
+# NVIDIA_DRIVER_CAPABILITIES=utility): it injects libnvidia-ml; nvidia-ml-py is a base dependency.
+# The image holds the analyzer's extra too; a node that only runs the agent can `pip install dcwatch`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,10 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY dcwatch ./dcwatch
 COPY agent ./agent
 COPY exporters ./exporters
 COPY detectors ./detectors
-RUN pip install '.[gpu]' \
+RUN pip install '.[analyzer]' \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/dcwatch \
        --shell /usr/sbin/nologin dcwatch \

@@ -1,3 +1,1 @@
 """dcwatch node agent: serves this node's GPU, power, thermal and network metrics."""
-
-__version__ = "0.1.0"

@@ -10,11 +10,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from agent.app import make_app
-from agent.config import AgentConfig, build_parser, config_from_args
-from agent.lifecycle import ListenError, serve_app, setup_logging
-from agent.settings import ConfigError
-from agent.webconfig import WebConfig, load_web_config
+from dcwatch.agent.app import make_app
+from dcwatch.agent.config import AgentConfig, build_parser, config_from_args
+from dcwatch.serve import ListenError, serve_app, setup_logging
+from dcwatch.settings import ConfigError
+from dcwatch.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("dcwatch.agent")
 

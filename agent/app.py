@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import html
 import json
 import logging
@@ -10,72 +9,18 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
-from prometheus_client import exposition
-from prometheus_client.core import Metric
-from prometheus_client.openmetrics import exposition as om_exposition
 
-from agent.config import AgentConfig
-from agent.registry import CollectorRunner, build_collectors
-from agent.webconfig import WebConfig, basic_auth_middleware, load_web_config
-from exporters.base import Collector, CollectorDeps
+from dcwatch.agent.config import AgentConfig
+from dcwatch.agent.registry import CollectorRunner, build_collectors
+from dcwatch.exporters.base import Collector, CollectorDeps
+from dcwatch.exposition import metrics_response
+from dcwatch.webconfig import WebConfig, basic_auth_middleware, load_web_config
 
 log = logging.getLogger("dcwatch.agent")
 
 RUNNER = web.AppKey("runner", CollectorRunner)
 CONFIG = web.AppKey("config", AgentConfig)
 STARTED = web.AppKey("started", float)
-
-# The classic text format (what generate_latest writes for our ASCII names); pinned so the
-# header does not change with prometheus_client releases.
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OM_CONTENT_TYPE = om_exposition.CONTENT_TYPE_LATEST
-
-
-class _Families:
-    """Adapter: prometheus_client's encoders want an object with ``collect()``."""
-
-    def __init__(self, metrics: Sequence[Metric]) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Sequence[Metric]:
-        return self._metrics
-
-
-def wants_openmetrics(accept: str) -> bool:
-    """True when the scraper prefers OpenMetrics (Prometheus sends it first in Accept)."""
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        if media == "application/openmetrics-text":
-            q = next((p[2:] for p in params if p.startswith("q=")), "1")
-            try:
-                return float(q) > 0
-            except ValueError:
-                return True
-    return False
-
-
-def encode(metrics: Sequence[Metric], accept: str) -> tuple[bytes, str]:
-    if wants_openmetrics(accept):
-        return om_exposition.generate_latest(_Families(metrics)), OM_CONTENT_TYPE  # type: ignore[arg-type]
-    return exposition.generate_latest(_Families(metrics)), TEXT_CONTENT_TYPE  # type: ignore[arg-type]
-
-
-def accepts_gzip(header: str) -> bool:
-    for part in header.split(","):
-        enc, *params = (p.strip() for p in part.split(";"))
-        if enc in ("gzip", "*") and not any(p.replace(" ", "") == "q=0" for p in params):
-            return True
-    return False
-
-
-def metrics_response(request: web.Request, metrics: Sequence[Metric]) -> web.Response:
-    """``metrics`` as the scraper asked: text or OpenMetrics, gzip or not (agent and analyzer)."""
-    body, ctype = encode(metrics, request.headers.get("Accept", ""))
-    headers = {"Content-Type": ctype}
-    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        body = gzip.compress(body, compresslevel=1)  # level 1: most of the gain, little CPU
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

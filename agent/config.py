@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import settings as st
-from agent.settings import Setting
+from dcwatch import settings as st
+from dcwatch.settings import Setting
 
 DEFAULT_PORT = 9478
 DEFAULT_NET_EXCLUDE = (
@@ -147,7 +147,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def _known_collectors(names: tuple[str, ...]) -> tuple[str, ...]:
-    from exporters import registry  # the table of collectors lives with the collectors
+    from dcwatch.exporters import registry  # the table of collectors lives with the collectors
 
     known = registry.names()
     for name in names:
@@ -158,7 +158,7 @@ def _known_collectors(names: tuple[str, ...]) -> tuple[str, ...]:
 
 def resolve_collectors(enabled: Sequence[str], disabled: Sequence[str]) -> tuple[str, ...]:
     """Turn ``--collectors`` / ``--no-collector`` into the ordered list of enabled collectors."""
-    from exporters import registry
+    from dcwatch.exporters import registry
 
     chosen = list(enabled) if enabled else registry.default_names()
     return tuple(n for n in chosen if n not in disabled)

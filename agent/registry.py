@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from agent.config import AgentConfig
-from exporters import registry
-from exporters.base import Collector, CollectorDeps, Families, MetricSpec, NoDataError
+from dcwatch.agent.config import AgentConfig
+from dcwatch.exporters import registry
+from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch.exposition import Families, MetricSpec
 
 log = logging.getLogger("dcwatch.agent")
 

@@ -29,11 +29,11 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from detectors.config import load_analyzer_config  # noqa: E402
-from detectors.fitting import fit_model  # noqa: E402
-from detectors.frame import Frame  # noqa: E402
-from detectors.models.node import ModelConfig, NodeModel  # noqa: E402
-from detectors.service import Analyzer, NodeState  # noqa: E402
+from dcwatch.detectors.config import load_analyzer_config  # noqa: E402
+from dcwatch.detectors.frame import Frame  # noqa: E402
+from dcwatch.detectors.models.fitting import fit_model  # noqa: E402
+from dcwatch.detectors.models.node import ModelConfig, NodeModel  # noqa: E402
+from dcwatch.detectors.service import Analyzer, NodeState  # noqa: E402
 
 STEP = 15.0
 

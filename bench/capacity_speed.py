@@ -35,12 +35,12 @@ from threadpoolctl import threadpool_limits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.forecast_quality import SHARED, synthetic_daily, synthetic_mixed  # noqa: E402
-from detectors.backtest_forecast import read_series, series_files  # noqa: E402
-from detectors.capacity import CapacityPlanner  # noqa: E402
-from detectors.capacity_page import render_capacity  # noqa: E402
-from detectors.capacity_rules import default_rules  # noqa: E402
-from detectors.capacity_series import PlotHistory, SeriesData, assess, fit_forecasters  # noqa: E402
-from detectors.capacity_state import SeriesState  # noqa: E402
+from dcwatch.detectors.backtest.forecast import read_series, series_files  # noqa: E402
+from dcwatch.detectors.capacity.planner import CapacityPlanner  # noqa: E402
+from dcwatch.detectors.capacity.rules import default_rules  # noqa: E402
+from dcwatch.detectors.capacity.series import PlotHistory, SeriesData, assess, fit_forecasters  # noqa: E402
+from dcwatch.detectors.capacity.state import SeriesState  # noqa: E402
+from dcwatch.detectors.web.capacity_page import render_capacity  # noqa: E402
 
 REPORT = REPO / "bench" / "reports" / "capacity_speed.md"
 STEP, DAY = 300.0, 288

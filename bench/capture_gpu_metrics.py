@@ -29,12 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-from agent.app import encode  # noqa: E402
-from agent.config import AgentConfig, GpuConfig  # noqa: E402
-from agent.registry import CollectorRunner, build_collectors  # noqa: E402
-from exporters import registry  # noqa: E402
-from exporters.base import NoDataError  # noqa: E402
-from exporters.gpu import GpuCollector  # noqa: E402
+from dcwatch.agent.config import AgentConfig, GpuConfig  # noqa: E402
+from dcwatch.agent.registry import CollectorRunner, build_collectors  # noqa: E402
+from dcwatch.exporters import registry  # noqa: E402
+from dcwatch.exporters.base import NoDataError  # noqa: E402
+from dcwatch.exporters.gpu.collector import GpuCollector  # noqa: E402
+from dcwatch.exposition import encode  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,8 +15,20 @@ import sys
 from pathlib import Path
 
 CLASSES = ("hwmon", "thermal", "powercap", "net", "infiniband")
-SKIP_DIRS = {"subsystem", "device", "power", "driver", "firmware_node", "of_node", "peers",
-             "upper", "lower", "msi_irqs", "queues", "batman_adv"}
+SKIP_DIRS = {
+    "subsystem",
+    "device",
+    "power",
+    "driver",
+    "firmware_node",
+    "of_node",
+    "peers",
+    "upper",
+    "lower",
+    "msi_irqs",
+    "queues",
+    "batman_adv",
+}
 KEEP_DEVICE_LINKS = {"hwmon"}  # hwmon names its chip through device/ sometimes
 MAX_DEPTH = 4
 MAX_FILE = 65536

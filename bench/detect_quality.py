@@ -39,9 +39,9 @@ from sklearn.preprocessing import MinMaxScaler
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from detectors import backtest_detect  # noqa: E402
-from detectors import evaluation as ev  # noqa: E402
-from detectors.backtest_detect import dataset_entities, read_frame, test_days  # noqa: E402
+from dcwatch.detectors.backtest import detect as backtest_detect  # noqa: E402
+from dcwatch.detectors.backtest import evaluation as ev  # noqa: E402
+from dcwatch.detectors.backtest.detect import dataset_entities, read_frame, test_days  # noqa: E402
 
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets" / "detect"
 REPORT = REPO / "bench" / "reports" / "detect_quality.md"

@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from detectors.backtest_forecast import (  # noqa: E402
+from dcwatch.detectors.backtest.forecast import (  # noqa: E402
     MODELS,
     OnGrid,
     backtest_series,
@@ -44,7 +44,7 @@ from detectors.backtest_forecast import (  # noqa: E402
     series_files,
     series_name,
 )
-from detectors.models.forecast import ArimaForecaster, Forecaster  # noqa: E402
+from dcwatch.detectors.models.forecast import ArimaForecaster, Forecaster  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets" / "forecast"
 REPORT = REPO / "bench" / "reports" / "forecast_quality.md"

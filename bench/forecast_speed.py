@@ -36,9 +36,9 @@ from threadpoolctl import threadpool_limits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.forecast_quality import SHARED, synthetic_daily, synthetic_mixed  # noqa: E402
-from detectors.backtest_forecast import read_series, series_files  # noqa: E402
-from detectors.models.forecast import ArimaForecaster  # noqa: E402
-from detectors.models.forecast_batch import ForecastBatch  # noqa: E402
+from dcwatch.detectors.backtest.forecast import read_series, series_files  # noqa: E402
+from dcwatch.detectors.models.forecast import ArimaForecaster  # noqa: E402
+from dcwatch.detectors.models.forecast_batch import ForecastBatch  # noqa: E402
 
 REPORT = REPO / "bench" / "reports" / "forecast_speed.md"
 WEEK = 2016

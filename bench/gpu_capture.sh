@@ -22,7 +22,7 @@ PYLOAD
 load=$!
 sleep 4
 $PY bench/capture_gpu_metrics.py "$OUT/h100.collectors.txt" --processes -n 5
-$PY -m agent.cli agent --listen 127.0.0.1:9478 --gpu-processes --log-level debug \
+$PY -m dcwatch.cli agent --listen 127.0.0.1:9478 --gpu-processes --log-level debug \
   2> "$OUT/agent.log" &
 agent=$!
 for i in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:9478/healthz && break; sleep 0.2; done

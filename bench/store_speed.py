@@ -27,11 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from detectors import prometheus_source  # noqa: E402
-from detectors.frame import frames_from_samples, make_grid  # noqa: E402
-from detectors.queries import parse_queries  # noqa: E402
-from detectors.scraper import parse_exposition  # noqa: E402
-from detectors.store import Scrape, Store  # noqa: E402
+from dcwatch.detectors.frame import frames_from_samples, make_grid  # noqa: E402
+from dcwatch.detectors.sources import prometheus as prometheus_source  # noqa: E402
+from dcwatch.detectors.sources.queries import parse_queries  # noqa: E402
+from dcwatch.detectors.sources.scraper import parse_exposition  # noqa: E402
+from dcwatch.detectors.sources.store import Scrape, Store  # noqa: E402
 
 STEP = 15.0
 
@@ -146,7 +146,11 @@ def bench_parse(rows: list[str]) -> None:
         return sum(len(f.samples) for f in text_string_to_metric_families(text))
 
     for label, fn, reps in (
-        ("parse_exposition (detectors.scraper)", lambda: parse_exposition(text), 500),
+        (
+            "parse_exposition (dcwatch.detectors.sources.scraper)",
+            lambda: parse_exposition(text),
+            500,
+        ),
         ("prometheus_client.parser", pc, 50),
     ):
         fn()

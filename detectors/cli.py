@@ -16,7 +16,7 @@ BACKTEST_USAGE = """usage: dcwatch backtest {detect,forecast} [options]
 
 
 def analyzer_main(argv: Sequence[str]) -> int:
-    from detectors.main import main
+    from dcwatch.detectors.main import main
 
     return main(list(argv))
 
@@ -27,11 +27,11 @@ def backtest_main(argv: Sequence[str]) -> int:
         print(BACKTEST_USAGE)
         return 0 if argv else 2
     if argv[0] == "detect":
-        from detectors.backtest_detect import main as detect_main
+        from dcwatch.detectors.backtest.detect import main as detect_main
 
         return detect_main(argv[1:])
     if argv[0] == "forecast":
-        from detectors.backtest_forecast import main as forecast_main
+        from dcwatch.detectors.backtest.forecast import main as forecast_main
 
         return forecast_main(argv[1:])
     print(f"dcwatch backtest: unknown kind {argv[0]!r}\n\n{BACKTEST_USAGE}", file=sys.stderr)

@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent import settings as st
-from agent.settings import ConfigError, Setting
-from detectors.alerts import ALERTING_SETTINGS, AlertingConfig, alerting_config_from
-from detectors.prometheus_source import PrometheusConfig
-from detectors.scraper import EmbeddedConfig
+from dcwatch import settings as st
+from dcwatch.detectors.alerting.alerts import (
+    ALERTING_SETTINGS,
+    AlertingConfig,
+    alerting_config_from,
+)
+from dcwatch.detectors.sources.prometheus import PrometheusConfig
+from dcwatch.detectors.sources.scraper import EmbeddedConfig
+from dcwatch.settings import ConfigError, Setting
 
 DEFAULT_PORT = 9479
 
@@ -171,7 +175,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
     rules = raw.get("capacity_rules", [])
     if not isinstance(rules, list):
         raise ConfigError(f"{where}: key 'capacity_rules': must be a list of rules")
-    from detectors.capacity_rules import parse_rules
+    from dcwatch.detectors.capacity.rules import parse_rules
 
     parse_rules(rules, f"{where}: capacity_rules")  # refuse a bad rule before anything starts
     state_dir: Path = v["state_dir"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detectors.evaluation import runs
+from dcwatch.detectors.backtest.evaluation import runs
 
 SECONDS_PER_DAY = 86400.0
 

@@ -65,7 +65,8 @@ class FeatureBlock:
 
 
 class FrameLike(Protocol):
-    """``detectors.frame.Frame``: ``times`` (epoch seconds), ``columns``, ``values`` (2-D)."""
+    """``dcwatch.detectors.frame.Frame``: ``times`` (epoch seconds), ``columns``, ``values``
+    (2-D)."""
 
     times: np.ndarray
     columns: tuple[str, ...]

@@ -1,10 +1,10 @@
 """Per-node frames on a regular time grid, and the steps that turn raw samples into them.
 
-Both sources (:mod:`detectors.prometheus_source`, :mod:`detectors.scraper`) return
-``dict[instance, Frame]``. A :class:`Frame` is plain numpy: ``times`` (epoch seconds, a regular
-grid aligned to multiples of the step), ``columns`` (named series) and ``values`` (rows = times,
-columns = series, ``NaN`` = no data): 1,000 of them (240 x 30) build in ~1 ms against ~80 ms for
-DataFrames, and a scoring pass reading each node's last row is ~40x cheaper.
+Both sources (:mod:`dcwatch.detectors.sources.prometheus`, :mod:`dcwatch.detectors.sources.scraper`)
+return ``dict[instance, Frame]``. A :class:`Frame` is plain numpy: ``times`` (epoch seconds, a
+regular grid aligned to multiples of the step), ``columns`` (named series) and ``values`` (rows =
+times, columns = series, ``NaN`` = no data): 1,000 of them (240 x 30) build in ~1 ms against ~80 ms
+for DataFrames, and a scoring pass reading each node's last row is ~40x cheaper.
 :meth:`Frame.to_pandas` gives a DataFrame when wanted.
 
 Column names: the query's name, or ``name{label="value"}`` when the query splits series within a
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from detectors.queries import parse_labels
+from dcwatch.detectors.sources.queries import parse_labels
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from detectors.queries import NamedQuery
-    from detectors.store import Samples
+    from dcwatch.detectors.sources.queries import NamedQuery
+    from dcwatch.detectors.sources.store import Samples
 
 # (query index, query name, per label, label value): one frame column, sortable into query order
 ColumnKey = tuple[int, str, str | None, str | None]

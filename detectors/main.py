@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent.lifecycle import ListenError, serve_app, setup_logging
-from agent.settings import ConfigError
-from detectors.app import make_app
-from detectors.config import AnalyzerConfig, build_parser, config_from_args
+from dcwatch.detectors.config import AnalyzerConfig, build_parser, config_from_args
+from dcwatch.detectors.web.app import make_app
+from dcwatch.serve import ListenError, serve_app, setup_logging
+from dcwatch.settings import ConfigError
 
 log = logging.getLogger("dcwatch.analyzer")
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detectors.alert_sender import AlertSender
-from detectors.alerts import Contributor as AlertContributor
-from detectors.alerts import build_alert
-from detectors.config import AnalyzerConfig
-from detectors.decisions import Contributor
-from detectors.fitting import FitBackend, ModelStore, fit_group
-from detectors.frame import Frame, Source, split_column
-from detectors.models.node import ModelConfig, NodeModel
+from dcwatch.detectors.alerting.alerts import Contributor as AlertContributor
+from dcwatch.detectors.alerting.alerts import build_alert
+from dcwatch.detectors.alerting.sender import AlertSender
+from dcwatch.detectors.config import AnalyzerConfig
+from dcwatch.detectors.decisions import Contributor
+from dcwatch.detectors.frame import Frame, Source, split_column
+from dcwatch.detectors.models.fitting import FitBackend, ModelStore, fit_group
+from dcwatch.detectors.models.node import ModelConfig, NodeModel
 
 log = logging.getLogger("dcwatch.analyzer")
 
@@ -196,7 +196,7 @@ class Analyzer:
             node.alert_key = ""
             log.info("node %s back to normal; alert resolved", node.instance)
 
-    def _alert(self, node: NodeState):  # type: ignore[no-untyped-def]
+    def _alert(self, node: NodeState):
         contributors = [
             AlertContributor(c.series, c.observed, c.expected) for c in node.contributors
         ]

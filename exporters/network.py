@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client.core import Metric
 
-from agent.config import AgentConfig
-from exporters.base import Collector, CollectorDeps, Families, MetricSpec, NoDataError
-from exporters.registry import register
-from exporters.sources.infiniband import STATE_ACTIVE, HcaInfo, InfinibandReader
-from exporters.sources.netclass import NetClassReader
-from exporters.sources.procfs import netdev_path, read_netdev
-from exporters.sources.sysfs import FileCache
+from dcwatch.agent.config import AgentConfig
+from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch.exporters.registry import register
+from dcwatch.exporters.sources.infiniband import STATE_ACTIVE, HcaInfo, InfinibandReader
+from dcwatch.exporters.sources.netclass import NetClassReader
+from dcwatch.exporters.sources.procfs import netdev_path, read_netdev
+from dcwatch.exporters.sources.sysfs import FileCache
+from dcwatch.exposition import Families, MetricSpec
 
 DEV = ("device",)
 PORT = ("device", "port")

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from exporters.base import Collector, CollectorDeps, Families, MetricSpec, NoDataError
-from exporters.registry import register
-from exporters.sources.hwmon import SCALE, ScaledRead, discover_hwmon, read_scaled
-from exporters.sources.ipmi import DCMI_POWER_READING, DcmiPowerReader
-from exporters.sources.powercap import RaplZone, WrapCounter, discover_rapl
-from exporters.sources.sysfs import FileCache, Rediscovered
+from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch.exporters.registry import register
+from dcwatch.exporters.sources.hwmon import SCALE, ScaledRead, discover_hwmon, read_scaled
+from dcwatch.exporters.sources.ipmi import DCMI_POWER_READING, DcmiPowerReader
+from dcwatch.exporters.sources.powercap import RaplZone, WrapCounter, discover_rapl
+from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered
+from dcwatch.exposition import Families, MetricSpec
 
 HWMON_LABELS = ("chip", "chip_name", "sensor", "label")
 RAPL_ENERGY = MetricSpec(
@@ -97,7 +98,7 @@ class PowerCollector(Collector):
         NODE_POWER,
     )
 
-    def __init__(self, config, deps: CollectorDeps | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
         self.clock = time.monotonic  # tests replace it to control the RAPL rate window
         self._files = FileCache()

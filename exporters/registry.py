@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from exporters.base import Collector
+    from dcwatch.exporters.base import Collector
 
 # name: (module, enabled by default), in scrape/output order.
 COLLECTORS: dict[str, tuple[str, bool]] = {
-    "gpu": ("exporters.gpu", True),
-    "power": ("exporters.power", True),
-    "thermal": ("exporters.thermal", True),
-    "network": ("exporters.network", True),
-    "self": ("exporters.selfmon", True),
+    "gpu": ("dcwatch.exporters.gpu.collector", True),
+    "power": ("dcwatch.exporters.power", True),
+    "thermal": ("dcwatch.exporters.thermal", True),
+    "network": ("dcwatch.exporters.network", True),
+    "self": ("dcwatch.exporters.selfmon", True),
 }
 
 
@@ -40,7 +40,9 @@ C = TypeVar("C", bound="type[Collector]")
 def register(name: str, *, default: bool = True, description: str = "") -> Callable[[C], C]:
     """Class decorator: bind ``name`` (declared in ``COLLECTORS``) to its collector class."""
     if name not in COLLECTORS:
-        raise ValueError(f"collector {name!r} is not declared in exporters.registry.COLLECTORS")
+        raise ValueError(
+            f"collector {name!r} is not declared in dcwatch.exporters.registry.COLLECTORS"
+        )
     if COLLECTORS[name][1] != default:
         raise ValueError(f"collector {name!r}: default={default} disagrees with COLLECTORS")
 

@@ -8,9 +8,10 @@ from collections.abc import Iterable
 import psutil
 from prometheus_client.core import Metric
 
-from agent import __version__
-from exporters.base import Collector, CollectorDeps, Families, MetricSpec
-from exporters.registry import register
+from dcwatch import __version__
+from dcwatch.exporters.base import Collector, CollectorDeps
+from dcwatch.exporters.registry import register
+from dcwatch.exposition import Families, MetricSpec
 
 BUILD_INFO = MetricSpec(
     "dcwatch_build_info", "dcwatch version and Python runtime (always 1)", ("version", "python")
@@ -29,7 +30,7 @@ class SelfCollector(Collector):
 
     METRICS = (BUILD_INFO, CPU, RSS, FDS, THREADS)
 
-    def __init__(self, config, deps: CollectorDeps | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
         self._proc = psutil.Process()
         self._python = platform.python_version()

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from exporters.base import Collector, CollectorDeps, Families, MetricSpec, NoDataError
-from exporters.registry import register
-from exporters.sources.hwmon import (
+from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch.exporters.registry import register
+from dcwatch.exporters.sources.hwmon import (
     SCALE,
     THRESHOLD_IS_SET,
     HwmonChip,
@@ -25,13 +25,14 @@ from exporters.sources.hwmon import (
     discover_hwmon,
     read_scaled,
 )
-from exporters.sources.sysfs import FileCache, Rediscovered
-from exporters.sources.thermal_zone import (
+from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered
+from dcwatch.exporters.sources.thermal_zone import (
     CoolingDevice,
     ThermalZone,
     discover_thermal,
     trip_is_set,
 )
+from dcwatch.exposition import Families, MetricSpec
 
 HWMON_LABELS = ("chip", "chip_name", "sensor", "label")
 TEMP = MetricSpec("dcwatch_hwmon_temp_celsius", "hwmon temperature sensor", HWMON_LABELS)
@@ -96,7 +97,7 @@ class ThermalCollector(Collector):
         COOLING_MAX,
     )
 
-    def __init__(self, config, deps: CollectorDeps | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
         self._files = FileCache()
         self._paths: set[str] = set()

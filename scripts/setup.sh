@@ -20,14 +20,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # --no-install-recommends keeps it small; the services are not started (policy-rc.d aside,
-    # the tests start their own binaries on free ports).
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts the packaged daemons; the tests run their own copies, so stop these.
-    for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
-      (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
-      pkill -x "$svc" 2>/dev/null || true
-    done
+    # Debian would start the packaged daemons on install; the tests start their own copies on
+    # free ports. policy-rc.d (only while we install, only when none exists) keeps them from
+    # starting, so nothing has to be stopped afterwards: a user's own Prometheus is never touched.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    # --no-install-recommends keeps it small.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    [ "$own_policy" = 1 ] && rm -f "$policy"
+    [ "${status:-0}" = 0 ] || { echo "setup: apt-get install failed" >&2; exit 1; }
   else
     echo "setup: not root: cannot install ${missing[*]}; tests needing them will be skipped" >&2
   fi
@@ -39,6 +43,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -vE '^(WARNING: Location|  WARNING)' || true
-.venv/bin/python -c 'import agent, exporters, aiohttp, prometheus_client' \
+.venv/bin/python -c 'import dcwatch.agent.app, dcwatch.detectors.web.app' \
   || { echo "setup: the virtual environment is broken" >&2; exit 1; }
 echo "setup: ok (.venv ready)"

@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/mypy
+.venv/bin/ruff format --check .
+bash scripts/typecheck.sh
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -21,8 +21,8 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 
-from detectors.models.isolation import IsolationForestDetector
-from detectors.models.residual import RobustResidualDetector
+from dcwatch.detectors.models.isolation import IsolationForestDetector
+from dcwatch.detectors.models.residual import RobustResidualDetector
 
 SURPRISE_CLIP = 10.0
 

@@ -5,14 +5,14 @@
 ``ForecastBatch`` keeps many fitted ARIMA forecasters current at once with vectorised numpy.
 """
 
-from detectors.models.forecast_arima import CANDIDATES, ArimaForecaster
-from detectors.models.forecast_base import Forecaster, Grid, regularize, season_from_step
-from detectors.models.forecast_baselines import (
+from dcwatch.detectors.models.forecast_arima import CANDIDATES, ArimaForecaster
+from dcwatch.detectors.models.forecast_base import Forecaster, Grid, regularize, season_from_step
+from dcwatch.detectors.models.forecast_baselines import (
     LinearTrendForecaster,
     NaiveForecaster,
     SeasonalNaiveForecaster,
 )
-from detectors.models.forecast_batch import ForecastBatch
+from dcwatch.detectors.models.forecast_batch import ForecastBatch
 
 __all__ = [
     "CANDIDATES",

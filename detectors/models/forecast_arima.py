@@ -36,15 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from detectors.models.forecast_arma import (
+from dcwatch.detectors.models.forecast_arma import (
     bin_factor,
     bin_means,
     fourier,
     seasonal_strength,
     select_arma,
 )
-from detectors.models.forecast_base import DEFAULT_LEVEL, Forecaster, gaussian_bands
-from detectors.models.forecast_baselines import (
+from dcwatch.detectors.models.forecast_base import DEFAULT_LEVEL, Forecaster, gaussian_bands
+from dcwatch.detectors.models.forecast_baselines import (
     HistoryForecaster,
     NaiveForecaster,
     SeasonalNaiveForecaster,

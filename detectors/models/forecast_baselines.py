@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from detectors.models.forecast_base import DEFAULT_LEVEL, Forecaster, empirical_bands
+from dcwatch.detectors.models.forecast_base import DEFAULT_LEVEL, Forecaster, empirical_bands
 
 H = TypeVar("H", bound="HistoryForecaster")
 MAX_HISTORY_DAYS = 28  # errors older than four weeks say little about the next day's

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detectors.models.forecast_arima import ArimaForecaster
-from detectors.models.forecast_base import DEFAULT_LEVEL, check_levels, gaussian_bands
+from dcwatch.detectors.models.forecast_arima import ArimaForecaster
+from dcwatch.detectors.models.forecast_base import DEFAULT_LEVEL, check_levels, gaussian_bands
 
 STATES = 4  # ARIMA(p,1,q) with p, q <= 2 needs 1 + max(p, q + 1) <= 4 states
 _PROBS = (2.5, 10.0, 90.0, 97.5)  # band edges kept for naive members: the 95 % and 80 % bands

@@ -113,7 +113,7 @@ class IsolationForestDetector(OutlierMixin, BaseEstimator):
     """Isolation forest following the outlier contract, with packed fast scoring after ``fit``.
 
     ``contamination`` only sets ``offset_`` (share of training rows with ``decision_function < 0``);
-    alert thresholds come from ``detectors.decisions``.
+    alert thresholds come from ``dcwatch.detectors.decisions``.
     """
 
     def __init__(

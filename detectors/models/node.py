@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detectors.decisions import (
+from dcwatch.detectors.decisions import (
     SECONDS_PER_DAY,
     AlertState,
     Contributor,
@@ -31,7 +31,7 @@ from detectors.decisions import (
     smooth,
     top_contributors,
 )
-from detectors.features import (
+from dcwatch.detectors.features import (
     AnyFrame,
     FeatureBlock,
     FeatureBuilder,
@@ -40,7 +40,7 @@ from detectors.features import (
     frame_arrays,
     varying_columns,
 )
-from detectors.models.ensemble import EnsembleDetector
+from dcwatch.detectors.models.ensemble import EnsembleDetector
 
 STATE_VERSION = 1
 
@@ -82,7 +82,7 @@ class NodeModel:
     # -- fitting ---------------------------------------------------------------------------------
     def fit(self, frame: AnyFrame, exclude: np.ndarray | None = None) -> NodeModel:
         """Fit on a training frame (regular grid, named series; a DataFrame indexed by unix seconds
-        or a ``detectors.frame.Frame``); resets the streaming state.
+        or a ``dcwatch.detectors.frame.Frame``); resets the streaming state.
 
         ``exclude`` (one bool per row) marks rows not to learn from, e.g. the rows that alerted
         since the last fit (see ``refit``): features still use them as context.
@@ -270,9 +270,9 @@ def score_batch(
 
     Every step is NumPy on small arrays (the isolation forest through ``PackedForest``, never
     scikit-learn's per-call path), so a per-node loop is cheap. Measured on this project's 2-core
-    machine, one core: 1,000 nodes x 30 series, one new row each (``detectors.frame.Frame``), about
-    0.33 s per pass (330 us per node), against the 3.75 s target; 1,000 fitted models hold about
-    490 MB RSS (about 325 KiB of state each). Fitting one node on 1 day at 15 s takes about 0.9 s,
-    on 7 days about 5.5 s.
+    machine, one core: 1,000 nodes x 30 series, one new row each
+    (``dcwatch.detectors.frame.Frame``), about 0.33 s per pass (330 us per node), against the 3.75 s
+    target; 1,000 fitted models hold about 490 MB RSS (about 325 KiB of state each). Fitting one
+    node on 1 day at 15 s takes about 0.9 s, on 7 days about 5.5 s.
     """
     return [model.score(rows, explain) for model, rows in items]

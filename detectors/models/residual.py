@@ -1,12 +1,12 @@
 """Univariate residual detector: per-feature tail calibration of forecast-error z-scores.
 
-Each column of X is one series' residual z-score (see ``detectors.features``). For each column and
-each side (above / below the forecast) the detector learns the training distribution of the
-deviation and turns a new deviation into a *surprise*: ``-log10`` of the training probability of a
-deviation at least that large (from training quantiles, and an exponential tail fitted to the top
-``tail_fraction`` beyond the largest quantile). A series that is always spiky in training (a
-nightly disk job) thus needs a much larger spike to count than one that is normally flat, without
-any per-series setting.
+Each column of X is one series' residual z-score (see ``dcwatch.detectors.features``). For each
+column and each side (above / below the forecast) the detector learns the training distribution of
+the deviation and turns a new deviation into a *surprise*: ``-log10`` of the training probability of
+a deviation at least that large (from training quantiles, and an exponential tail fitted to the top
+``tail_fraction`` beyond the largest quantile). A series that is always spiky in training (a nightly
+disk job) thus needs a much larger spike to count than one that is normally flat, without any
+per-series setting.
 
 The anomaly score of a row is the largest surprise over its features (the backtests preferred the
 maximum to sums and top-k means: anomalies typically show in a few series, and a sum rewards noise
@@ -46,7 +46,7 @@ class RobustResidualDetector(OutlierMixin, BaseEstimator):
     ----------
     tail_fraction : share of training deviations above which the tail is treated as exponential.
     contamination : share of training rows above ``offset_`` (only for ``predict``; alerting uses
-        ``detectors.decisions`` instead, which calibrates to an alert rate).
+        ``dcwatch.detectors.decisions`` instead, which calibrates to an alert rate).
     """
 
     def __init__(self, tail_fraction: float = 0.01, contamination: float = 0.001) -> None:

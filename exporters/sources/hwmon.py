@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exporters.sources.sysfs import FileCache, list_dir
+from dcwatch.exporters.sources.sysfs import FileCache, list_dir
 
 # Divisor from the sysfs unit to the base unit, per sensor kind.
 SCALE = {

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporters.sources.sysfs import FileCache, Rediscovered, list_dir
+from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered, list_dir
 
 # PortXmitData/PortRcvData count 32-bit words ("4 octets" in the IBA spec), not bytes.
 FOUR_OCTET_COUNTERS = frozenset({"port_xmit_data", "port_rcv_data"})

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.sources.procfs import VlanInfo, parse_vlan_config, vlan_config_path
-from exporters.sources.sysfs import FileCache, Rediscovered
+from dcwatch.exporters.sources.procfs import VlanInfo, parse_vlan_config, vlan_config_path
+from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered
 
 IFF_UP = 0x1
 MBIT = 1_000_000 / 8  # bytes/s in one Mb/s (sysfs ``speed`` unit)

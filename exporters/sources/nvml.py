@@ -335,8 +335,12 @@ class Nvml:
             if code in ABSENT:
                 self._absent(fn, describe(code))
                 return None
-            self._error((fn, code), "NVML %s failed: %s; reported as absent", fn,
-                        describe(code) if code is not None else f"{type(e).__name__}: {e}")
+            self._error(
+                (fn, code),
+                "NVML %s failed: %s; reported as absent",
+                fn,
+                describe(code) if code is not None else f"{type(e).__name__}: {e}",
+            )
             return None
 
     def field_values(self, handle: Any, ids: Sequence[tuple[int, int]]) -> list[FieldValue] | None:
@@ -356,9 +360,12 @@ class Nvml:
             if code == SUCCESS:
                 value = decode_field(fv)
                 if value is None:
-                    self._error(("field-type", fid, int(fv.valueType)),
-                                "NVML field %d: unknown valueType %d; reported as absent",
-                                fid, int(fv.valueType))
+                    self._error(
+                        ("field-type", fid, int(fv.valueType)),
+                        "NVML field %d: unknown valueType %d; reported as absent",
+                        fid,
+                        int(fv.valueType),
+                    )
                 out.append(FieldValue(code, value))
                 continue
             if code == ERROR_GPU_IS_LOST:
@@ -366,9 +373,13 @@ class Nvml:
             if code in FIELD_ABSENT:
                 self._absent(("field", fid), describe(code), f"field {fid}")
             else:
-                self._error(("field", fid, code),
-                            "NVML field %d (scope %d): %s; reported as absent",
-                            fid, scope, describe(code))
+                self._error(
+                    ("field", fid, code),
+                    "NVML field %d (scope %d): %s; reported as absent",
+                    fid,
+                    scope,
+                    describe(code),
+                )
             out.append(FieldValue(code, None))
         return out
 

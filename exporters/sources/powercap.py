@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.sources.sysfs import FileCache, list_dir
+from dcwatch.exporters.sources.sysfs import FileCache, list_dir
 
 _ZONE_RE = re.compile(r"^intel-rapl(?:-mmio)?(:\d+)+$")
 _PACKAGE_RE = re.compile(r"^package-(\d+)$")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.sources.sysfs import FileCache
+from dcwatch.exporters.sources.sysfs import FileCache
 
 # The 16 columns the kernel prints after "name:" (net/core/net-procfs.c), in order.
 NETDEV_FIELDS = (

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.sources.sysfs import FileCache, list_dir
+from dcwatch.exporters.sources.sysfs import FileCache, list_dir
 
 _ZONE_RE = re.compile(r"^thermal_zone(\d+)$")
 _COOLING_RE = re.compile(r"^cooling_device(\d+)$")

@@ -18,10 +18,11 @@ import pytest
 from aiohttp import web
 from prometheus_client.core import Metric
 
-from agent.app import make_app, wants_openmetrics
-from agent.config import AgentConfig
-from agent.webconfig import load_web_config, make_ssl_context
-from exporters.base import Collector, Families, MetricSpec
+from dcwatch.agent.app import make_app
+from dcwatch.agent.config import AgentConfig
+from dcwatch.exporters.base import Collector
+from dcwatch.exposition import Families, MetricSpec, wants_openmetrics
+from dcwatch.webconfig import load_web_config, make_ssl_context
 
 TEMP = MetricSpec("dcwatch_test_temp_celsius", "a temperature", ("sensor",))
 ENERGY = MetricSpec("dcwatch_test_energy_joules_total", "an energy counter", kind="counter")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_PORT, load_agent_config
-from agent.settings import ConfigError
-from agent.webconfig import load_web_config
+from dcwatch.agent.config import DEFAULT_PORT, load_agent_config
+from dcwatch.settings import ConfigError
+from dcwatch.webconfig import load_web_config
 
 
 def write(tmp_path: Path, text: str, name: str = "agent.yaml") -> Path:
@@ -115,7 +115,7 @@ def test_web_config_errors(tmp_path: Path, text: str, needle: str) -> None:
 def test_cli_exits_2_with_message_and_starts_nothing(tmp_path: Path) -> None:
     f = write(tmp_path, "network:\n  device_include: '*bad'\n")
     r = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "agent", "--config", str(f)],
+        [sys.executable, "-m", "dcwatch.cli", "agent", "--config", str(f)],
         capture_output=True,
         text=True,
         timeout=60,

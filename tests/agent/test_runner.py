@@ -9,9 +9,10 @@ from collections.abc import Iterable
 import pytest
 from prometheus_client.core import Metric
 
-from agent.config import AgentConfig
-from agent.registry import CollectorRunner
-from exporters.base import Collector, Families, MetricSpec, NoDataError
+from dcwatch.agent.config import AgentConfig
+from dcwatch.agent.registry import CollectorRunner
+from dcwatch.exporters.base import Collector, NoDataError
+from dcwatch.exposition import Families, MetricSpec
 
 GOOD = MetricSpec("dcwatch_test_value", "test", ("k",))
 

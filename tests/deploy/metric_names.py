@@ -10,15 +10,19 @@ from pathlib import Path
 
 import yaml
 
-from exporters import registry
-from exporters.base import MetricSpec
+from dcwatch.exporters import registry
+from dcwatch.exposition import MetricSpec
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
 # Modules whose module-level MetricSpec constants are exported (besides collectors' METRICS).
-# detectors.capacity is optional while it is being written.
-SPEC_MODULES = ("agent.registry", "detectors.metrics", "detectors.alert_sender")
-OPTIONAL_SPEC_MODULES = ("detectors.capacity",)
+# dcwatch.detectors.capacity.planner is optional while it is being written.
+SPEC_MODULES = (
+    "dcwatch.agent.registry",
+    "dcwatch.detectors.web.metrics",
+    "dcwatch.detectors.alerting.sender",
+)
+OPTIONAL_SPEC_MODULES = ("dcwatch.detectors.capacity.planner",)
 # Series Prometheus itself adds for every target.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

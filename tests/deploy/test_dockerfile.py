@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.config import load_agent_config
-from detectors.config import DEFAULT_PORT
+from dcwatch.agent.config import load_agent_config
+from dcwatch.detectors.config import DEFAULT_PORT
 
 dockerfile = pytest.importorskip("dockerfile", reason="pip install dockerfile (dev extra)")
 tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11")
@@ -33,7 +33,10 @@ def test_base_entrypoint_and_install() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "dcwatch" in pyproject["project"]["scripts"]
     run = " ".join(c.value[0] for c in commands() if c.cmd == "RUN")
-    assert "pip install '.[gpu]'" in run and "gpu" in pyproject["project"]["optional-dependencies"]
+    # one image for both commands: the analyzer's extra is installed; pynvml is a base dependency
+    assert "pip install '.[analyzer]'" in run
+    assert "analyzer" in pyproject["project"]["optional-dependencies"]
+    assert any(d.startswith("nvidia-ml-py") for d in pyproject["project"]["dependencies"])
 
 
 def test_copies_exactly_the_packages_and_dockerignore_lets_them_through() -> None:
@@ -41,7 +44,7 @@ def test_copies_exactly_the_packages_and_dockerignore_lets_them_through() -> Non
     for s in sources:
         assert (REPO / s).exists(), s
     include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = {p.rstrip("*") for p in include["packages"]["find"]["include"]}
+    packages = set(include["package-dir"].values())  # the folders mapped into dcwatch.*
     assert packages <= set(sources)
     ignore = (REPO / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][0] == "*"  # deny everything, then allow what is copied

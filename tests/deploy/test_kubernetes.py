@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from detectors.config import load_analyzer_config
+from dcwatch.detectors.config import load_analyzer_config
 from tests.deploy.metric_names import RULES_DIR
 
 REPO = Path(__file__).resolve().parents[2]

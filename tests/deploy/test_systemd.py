@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config
-from detectors.config import load_analyzer_config
+from dcwatch.agent.config import load_agent_config
+from dcwatch.detectors.config import load_analyzer_config
 from tests.helpers import find_binary
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,10 +18,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from detectors.alert_sender import AlertSender
-from detectors.alertlog import read_alert_log
-from detectors.alertmanager_client import Backoff
-from detectors.alerts import Alert, AlertingConfig, build_alert, rfc3339
+from dcwatch.detectors.alerting.alertmanager import Backoff
+from dcwatch.detectors.alerting.alerts import Alert, AlertingConfig, build_alert, rfc3339
+from dcwatch.detectors.alerting.log import read_alert_log
+from dcwatch.detectors.alerting.sender import AlertSender
 from tests.helpers import free_port, sample
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import settings as st
-from detectors.alertlog import AlertLog, log_entry, read_alert_log
-from detectors.alerts import (
+from dcwatch import settings as st
+from dcwatch.detectors.alerting.alerts import (
     ALERTING_SETTINGS,
     Alert,
     AlertingConfig,
@@ -22,6 +21,7 @@ from detectors.alerts import (
     fmt_number,
     rfc3339,
 )
+from dcwatch.detectors.alerting.log import AlertLog, log_entry, read_alert_log
 
 T0 = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 CFG = AlertingConfig(

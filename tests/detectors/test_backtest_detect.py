@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.cli import main as dcwatch
-from detectors.backtest_detect import dataset_entities
+from dcwatch.cli import main as dcwatch
+from dcwatch.detectors.backtest.detect import dataset_entities
 from tests.conftest import SHARED_DATASETS
 
 STEP = 60

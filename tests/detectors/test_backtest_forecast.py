@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.cli import main as dcwatch
+from dcwatch.cli import main as dcwatch
 from tests.conftest import SHARED_DATASETS
 
 STEP = 1800  # 30-minute steps: 48 a day

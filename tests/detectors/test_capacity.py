@@ -14,11 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from agent.settings import ConfigError
-from detectors.app import ANALYZER, PLANNER, make_app, make_source
-from detectors.capacity_page import nice_ticks, render_capacity, time_ticks, unit_scale
-from detectors.capacity_rules import CapacityRule, default_rules, parse_rules
-from detectors.capacity_series import (
+from dcwatch.detectors.capacity.rules import CapacityRule, default_rules, parse_rules
+from dcwatch.detectors.capacity.series import (
     PlotHistory,
     SeriesData,
     assess,
@@ -30,11 +27,14 @@ from detectors.capacity_series import (
     time_to_exhaustion,
     trailing_mean,
 )
-from detectors.capacity_state import SeriesState
-from detectors.config import load_analyzer_config
-from detectors.frame import Frame, column_name, make_grid
-from detectors.models.forecast import LinearTrendForecaster
-from detectors.queries import NamedQuery
+from dcwatch.detectors.capacity.state import SeriesState
+from dcwatch.detectors.config import load_analyzer_config
+from dcwatch.detectors.frame import Frame, column_name, make_grid
+from dcwatch.detectors.models.forecast import LinearTrendForecaster
+from dcwatch.detectors.sources.queries import NamedQuery
+from dcwatch.detectors.web.app import ANALYZER, PLANNER, make_app, make_source
+from dcwatch.detectors.web.capacity_page import nice_ticks, render_capacity, time_ticks, unit_scale
+from dcwatch.settings import ConfigError
 from tests.helpers import sample
 
 STEP = 60.0
@@ -282,7 +282,7 @@ def test_duplicate_rule_names() -> None:
 
 
 def test_sources_answer_rule_queries_and_keep_their_metrics(tmp_path: Path) -> None:
-    from detectors.prometheus_source import PrometheusConfig, PrometheusSource
+    from dcwatch.detectors.sources.prometheus import PrometheusConfig, PrometheusSource
 
     cfg = write_config(tmp_path)
     [rule] = parse_rules(cfg.capacity_rules)

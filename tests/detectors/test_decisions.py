@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detectors.decisions import (
+from dcwatch.detectors.backtest.evaluation import runs
+from dcwatch.detectors.decisions import (
     AlertState,
     DecisionConfig,
     apply_rule,
@@ -16,9 +17,8 @@ from detectors.decisions import (
     smooth,
     top_contributors,
 )
-from detectors.evaluation import runs
-from detectors.frame import Frame
-from detectors.models.node import ModelConfig, NodeModel, NotFittedError, score_batch
+from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.models.node import ModelConfig, NodeModel, NotFittedError, score_batch
 
 STEP = 60.0
 

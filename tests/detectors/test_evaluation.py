@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors import evaluation as ev
+from dcwatch.detectors.backtest import evaluation as ev
 
 #                 0  1  2  3  4  5  6  7  8  9
 LABELS = np.array([0, 1, 1, 1, 0, 0, 1, 1, 0, 0])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detectors.features import (
+from dcwatch.detectors.features import (
     FeatureBuilder,
     FeatureConfig,
     ffill,
@@ -14,7 +14,7 @@ from detectors.features import (
     robust_center_scale,
     trailing_median,
 )
-from detectors.frame import Frame
+from dcwatch.detectors.frame import Frame
 
 STEP = 300.0
 DAY = 86400.0

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.fitting import FitBackend, ModelStore
-from detectors.frame import Frame
-from detectors.models.node import ModelConfig, NodeModel
+from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.models.fitting import FitBackend, ModelStore
+from dcwatch.detectors.models.node import ModelConfig, NodeModel
 
 
 def frame(rows: int = 400, seed: int = 0) -> Frame:

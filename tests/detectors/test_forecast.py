@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detectors.models import forecast_arima
-from detectors.models.forecast import (
+from dcwatch.detectors.models import forecast_arima
+from dcwatch.detectors.models.forecast import (
     ArimaForecaster,
     Forecaster,
     LinearTrendForecaster,
@@ -15,10 +15,10 @@ from detectors.models.forecast import (
     SeasonalNaiveForecaster,
     regularize,
 )
-from detectors.models.forecast_arma import fit_arma, seasonal_strength
-from detectors.models.forecast_base import fill_gaps
-from detectors.models.forecast_batch import ForecastBatch
-from detectors.models.forecast_metrics import coverage, mase, smape
+from dcwatch.detectors.models.forecast_arma import fit_arma, seasonal_strength
+from dcwatch.detectors.models.forecast_base import fill_gaps
+from dcwatch.detectors.models.forecast_batch import ForecastBatch
+from dcwatch.detectors.models.forecast_metrics import coverage, mase, smape
 
 SEASON = 48  # 30-minute steps keep the fits small; the 5-minute path is covered below
 

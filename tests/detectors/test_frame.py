@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.frame import (
+from dcwatch.detectors.frame import (
     Frame,
     align,
     build_frames,
@@ -22,7 +22,7 @@ from detectors.frame import (
     select_columns,
     split_column,
 )
-from detectors.queries import parse_queries
+from dcwatch.detectors.sources.queries import parse_queries
 
 NAN = np.nan
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.app import ANALYZER, make_app
-from detectors.config import load_analyzer_config
-from detectors.frame import Frame
-from detectors.models.node import ModelConfig, NodeModel
+from dcwatch.detectors.config import load_analyzer_config
+from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.models.node import ModelConfig, NodeModel
+from dcwatch.detectors.web.app import ANALYZER, make_app
 
 STEP = 15.0
 T0 = 1_700_000_000.0 // STEP * STEP

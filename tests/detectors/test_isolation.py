@@ -10,9 +10,9 @@ import pytest
 from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
 
-from detectors.models.ensemble import EnsembleDetector
-from detectors.models.isolation import IsolationForestDetector, PackedForest
-from detectors.models.residual import RobustResidualDetector
+from dcwatch.detectors.models.ensemble import EnsembleDetector
+from dcwatch.detectors.models.isolation import IsolationForestDetector, PackedForest
+from dcwatch.detectors.models.residual import RobustResidualDetector
 
 
 def detectors() -> list:

@@ -27,7 +27,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from detectors.app import ANALYZER, PLANNER, make_app
+from dcwatch.detectors.web.app import ANALYZER, PLANNER, make_app
 from tests.detectors.test_capacity import RULES, CapacitySource, Growth, write_config
 from tests.detectors.test_service import STEP as SCORE_STEP
 from tests.detectors.test_service import FakeSource

@@ -15,15 +15,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from detectors.frame import SourceError
-from detectors.prometheus_source import (
+from dcwatch.detectors.frame import SourceError
+from dcwatch.detectors.sources.prometheus import (
     PrometheusConfig,
     PrometheusSource,
     chunks,
     decode_matrix,
     gc_paused,
 )
-from detectors.queries import parse_queries
+from dcwatch.detectors.sources.queries import parse_queries
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

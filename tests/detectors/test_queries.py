@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors.queries import (
+from dcwatch.detectors.sources.queries import (
     METRIC_NAME_RE,
     QueryError,
     Selector,
@@ -17,7 +17,7 @@ from detectors.queries import (
     parse_queries,
     parse_selector,
 )
-from exporters import registry
+from dcwatch.exporters import registry
 
 
 def exported_metric_names() -> set[str]:

@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from detectors.queries import parse_queries
-from detectors.scraper import (
+from dcwatch.detectors.sources.queries import parse_queries
+from dcwatch.detectors.sources.scraper import (
     EmbeddedConfig,
     EmbeddedSource,
     NameFilter,
@@ -28,7 +28,7 @@ from detectors.scraper import (
     parse_targets_file,
     target_url,
 )
-from detectors.store import AsyncStore
+from dcwatch.detectors.sources.store import AsyncStore
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

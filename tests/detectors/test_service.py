@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.settings import ConfigError
-from detectors.app import ANALYZER, make_app
-from detectors.config import load_analyzer_config
-from detectors.frame import Frame
+from dcwatch.detectors.config import load_analyzer_config
+from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.web.app import ANALYZER, make_app
+from dcwatch.settings import ConfigError
 
 STEP = 15.0
 COLUMNS = ('gpu_temp{gpu="0"}', 'gpu_temp{gpu="1"}', "node_power", "rx_rate")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.store import AsyncStore, Scrape, Store
+from dcwatch.detectors.sources.store import AsyncStore, Scrape, Store
 
 K_TEMP = ("dcwatch_gpu_temperature_celsius", 'gpu="0",uuid="GPU-0"')
 K_TEMP1 = ("dcwatch_gpu_temperature_celsius", 'gpu="1",uuid="GPU-1"')

@@ -36,7 +36,7 @@ def start_agent(tmp_path: Path, root: Path, args: Sequence[str] = ()) -> Proc:
         return [
             sys.executable,
             "-m",
-            "agent.cli",
+            "dcwatch.cli",
             "agent",
             f"--listen=127.0.0.1:{port}",
             f"--sysfs={root / 'sys'}",
@@ -104,7 +104,7 @@ def start_analyzer(
         return [
             sys.executable,
             "-m",
-            "agent.cli",
+            "dcwatch.cli",
             "analyzer",
             *extra,
             f"--listen=127.0.0.1:{p}",

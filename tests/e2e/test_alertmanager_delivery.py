@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from detectors.alert_sender import AlertSender
-from detectors.alerts import Alert, AlertingConfig, Contributor, build_alert
+from dcwatch.detectors.alerting.alerts import Alert, AlertingConfig, Contributor, build_alert
+from dcwatch.detectors.alerting.sender import AlertSender
 from tests.helpers import sample
 from tests.procs import Proc, alertmanager_binary, start_alertmanager
 

@@ -166,7 +166,7 @@ def test_analyzer_refuses_to_start_on_a_malformed_rule(tmp_path: Path) -> None:
         "capacity_rules:\n  - name: gpu_memory\n    series: dcwatch_gpu_memory_used_bytes\n"
         "    capacity: dcwatch_gpu_memory_total_bytes\n    horizon: soon\n"
     )
-    argv = [sys.executable, "-m", "agent.cli", "analyzer", f"--config={config}"]
+    argv = [sys.executable, "-m", "dcwatch.cli", "analyzer", f"--config={config}"]
     argv += [f"--state-dir={tmp_path / 'state'}", f"--listen=127.0.0.1:{free_port()}"]
     t0 = time.monotonic()
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from detectors.frame import Frame
-from detectors.prometheus_source import PrometheusConfig, PrometheusSource
-from detectors.queries import load_queries
-from detectors.scraper import EmbeddedConfig, EmbeddedSource
+from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.sources.prometheus import PrometheusConfig, PrometheusSource
+from dcwatch.detectors.sources.queries import load_queries
+from dcwatch.detectors.sources.scraper import EmbeddedConfig, EmbeddedSource
 from tests.procs import prometheus_binary, start_prometheus
 
 pytestmark = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from agent.app import encode
-from exporters.base import Collector
+from dcwatch.exporters.base import Collector
+from dcwatch.exposition import encode
 from tests.conftest import FIXTURES
 
 GPU_NODE = FIXTURES / "gpu-node-a"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.app import encode
-from agent.config import AgentConfig
-from agent.registry import CollectorRunner, build_collectors
+from dcwatch.agent.config import AgentConfig
+from dcwatch.agent.registry import CollectorRunner, build_collectors
+from dcwatch.exposition import encode
 from tests.conftest import FIXTURES
 
 # Values that change every run (timings, the test process's own CPU/memory) are not golden.

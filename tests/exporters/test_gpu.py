@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import exposition
 
-from agent.config import AgentConfig, GpuConfig
-from agent.registry import CollectorRunner
-from exporters.base import CollectorDeps, NoDataError
-from exporters.gpu import CLOCK_REASONS, GpuCollector
+from dcwatch.agent.config import AgentConfig, GpuConfig
+from dcwatch.agent.registry import CollectorRunner
+from dcwatch.exporters.base import CollectorDeps, NoDataError
+from dcwatch.exporters.gpu.collector import CLOCK_REASONS, GpuCollector
 from tests.conftest import FIXTURES
 from tests.fakes import fake_nvml
 from tests.fakes.fake_nvml import FakeNvml
@@ -53,8 +53,13 @@ def fake() -> FakeNvml:
 def make(tmp_path: Path) -> Iterator[Callable[..., GpuCollector]]:
     made: list[GpuCollector] = []
 
-    def _make(nvml: object, *, processes: bool = False, xid_events: bool = True,
-              procfs: Path | None = None) -> GpuCollector:
+    def _make(
+        nvml: object,
+        *,
+        processes: bool = False,
+        xid_events: bool = True,
+        procfs: Path | None = None,
+    ) -> GpuCollector:
         cfg = AgentConfig(
             procfs=procfs or tmp_path / "proc",
             collectors=("gpu",),
@@ -74,7 +79,8 @@ def make(tmp_path: Path) -> Iterator[Callable[..., GpuCollector]]:
 def info(text: str, gpu: str) -> dict[str, str]:
     """The labels of dcwatch_gpu_info for one GPU (its value must be 1)."""
     hits = [
-        dict(ls) for (n, ls), v in samples(text).items()
+        dict(ls)
+        for (n, ls), v in samples(text).items()
         if n == "dcwatch_gpu_info" and dict(ls)["gpu"] == gpu and v == 1
     ]
     assert len(hits) == 1, hits
@@ -95,16 +101,25 @@ def test_values_and_units_gpu0(fake: FakeNvml, make: Callable[..., GpuCollector]
 
     def s(name: str, **labels: str) -> float | None:
         want = {"gpu": "0", "uuid": U0, **labels}
-        hits = [v for (n, ls), v in parsed.items()
-                if n == name and all(dict(ls).get(k) == x for k, x in want.items())]
+        hits = [
+            v
+            for (n, ls), v in parsed.items()
+            if n == name and all(dict(ls).get(k) == x for k, x in want.items())
+        ]
         assert len(hits) <= 1, (name, labels)
         return hits[0] if hits else None
 
     assert s("dcwatch_gpu_up") == 1
     assert info(t, "0") == {
-        "gpu": "0", "uuid": U0, "name": "NVIDIA H100 80GB HBM3", "serial": "1650923012340",
-        "pci_bus_id": "00000000:18:00.0", "vbios_version": "96.00.74.00.0D",
-        "driver_version": "550.54.15", "cuda_version": "12.4", "mig_mode": "disabled",
+        "gpu": "0",
+        "uuid": U0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "serial": "1650923012340",
+        "pci_bus_id": "00000000:18:00.0",
+        "vbios_version": "96.00.74.00.0D",
+        "driver_version": "550.54.15",
+        "cuda_version": "12.4",
+        "mig_mode": "disabled",
     }
     assert s("dcwatch_gpu_utilization_ratio") == 0.87  # % -> ratio
     assert s("dcwatch_gpu_memory_utilization_ratio") == 0.45
@@ -134,8 +149,12 @@ def test_values_and_units_gpu0(fake: FakeNvml, make: Callable[..., GpuCollector]
     assert s("dcwatch_gpu_pcie_throughput_bytes_per_second", direction="tx") == 1250000 * 1024
     assert s("dcwatch_gpu_pcie_throughput_bytes_per_second", direction="rx") == 2500000 * 1024
     assert s("dcwatch_gpu_pcie_replays_total") == 3
-    for typ, scope, want in (("corrected", "volatile", 5), ("uncorrected", "volatile", 0),
-                             ("corrected", "aggregate", 17), ("uncorrected", "aggregate", 1)):
+    for typ, scope, want in (
+        ("corrected", "volatile", 5),
+        ("uncorrected", "volatile", 0),
+        ("corrected", "aggregate", 17),
+        ("uncorrected", "aggregate", 1),
+    ):
         assert s("dcwatch_gpu_ecc_errors_total", type=typ, scope=scope) == want
     assert s("dcwatch_gpu_remapped_rows", type="correctable") == 2
     assert s("dcwatch_gpu_remapped_rows", type="uncorrectable") == 1
@@ -221,13 +240,23 @@ def test_scrape_is_cheap_static_once_one_field_call_per_gpu(
     assert fake.calls["nvmlDeviceGetFieldValues"] == 2  # one batched call per GPU
     assert fake.calls["nvmlDeviceGetMemoryInfo"] == 2  # used and free from one call
     assert fake.calls["nvmlDeviceGetUtilizationRates"] == 2
-    for static in ("nvmlInit", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
-                   "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetSerial",
-                   "nvmlDeviceGetPciInfo", "nvmlDeviceGetMaxClockInfo",
-                   "nvmlDeviceGetPowerManagementDefaultLimit", "nvmlDeviceGetNumFans",
-                   "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlSystemGetDriverVersion",
-                   # unsupported on every GPU: found out once, not asked again
-                   "nvmlDeviceGetRetiredPages", "nvmlDeviceGetNvLinkState"):
+    for static in (
+        "nvmlInit",
+        "nvmlDeviceGetCount",
+        "nvmlDeviceGetHandleByIndex",
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetUUID",
+        "nvmlDeviceGetSerial",
+        "nvmlDeviceGetPciInfo",
+        "nvmlDeviceGetMaxClockInfo",
+        "nvmlDeviceGetPowerManagementDefaultLimit",
+        "nvmlDeviceGetNumFans",
+        "nvmlDeviceGetMaxPcieLinkGeneration",
+        "nvmlSystemGetDriverVersion",
+        # unsupported on every GPU: found out once, not asked again
+        "nvmlDeviceGetRetiredPages",
+        "nvmlDeviceGetNvLinkState",
+    ):
         assert fake.calls[static] == 0, static
     # GPU 0's NVLink crc_data for links 12..17 (no field) and GPU 1's energy (field unsupported)
     assert fake.calls["nvmlDeviceGetNvLinkErrorCounter"] == 6
@@ -263,12 +292,15 @@ def test_unexpected_error_omits_one_reading_and_counts(
 
 def test_older_pynvml_names(make: Callable[..., GpuCollector]) -> None:
     """A pynvml without the 'clocks event' names: the older 'throttle' names are used."""
-    fake = FakeNvml(missing={"nvmlDeviceGetCurrentClocksEventReasons",
-                             "nvmlDeviceGetSupportedClocksEventReasons",
-                             "nvmlDeviceGetComputeRunningProcesses"})
+    fake = FakeNvml(
+        missing={
+            "nvmlDeviceGetCurrentClocksEventReasons",
+            "nvmlDeviceGetSupportedClocksEventReasons",
+            "nvmlDeviceGetComputeRunningProcesses",
+        }
+    )
     t = render(make(fake, processes=True))
-    assert sample(t, "dcwatch_gpu_clocks_event_reason_active", gpu="0",
-                  reason="sw_power_cap") == 1
+    assert sample(t, "dcwatch_gpu_clocks_event_reason_active", gpu="0", reason="sw_power_cap") == 1
     assert sample(t, "dcwatch_gpu_process_memory_used_bytes", gpu="0", pid="4242") == 8 * 2**30
 
 
@@ -361,11 +393,17 @@ def test_xid_events_counted_by_code(fake: FakeNvml, make: Callable[..., GpuColle
 def test_xid_counts_survive_gpu_loss(fake: FakeNvml, make: Callable[..., GpuCollector]) -> None:
     c = make(fake)
     render(c)
-    wait_until(lambda: fake.open_event_sets() == 1 and len(fake.event_sets[-1].devices) == 2,
-               timeout=5, what="registration")
+    wait_until(
+        lambda: fake.open_event_sets() == 1 and len(fake.event_sets[-1].devices) == 2,
+        timeout=5,
+        what="registration",
+    )
     fake.inject_xid(1, 79)  # fell off the bus
-    wait_until(lambda: sample(render(c), "dcwatch_gpu_xid_errors_total", gpu="1") == 1,
-               timeout=5, what="XID 79")
+    wait_until(
+        lambda: sample(render(c), "dcwatch_gpu_xid_errors_total", gpu="1") == 1,
+        timeout=5,
+        what="XID 79",
+    )
     fake.lose_gpu(1)
     t = render(c)
     assert sample(t, "dcwatch_gpu_up", gpu="1") == 0
@@ -428,8 +466,9 @@ async def test_no_nvml_counts_as_success_in_the_runner(make: Callable[..., GpuCo
     runner.close()
 
 
-def test_pynvml_not_installed(make: Callable[..., GpuCollector],
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pynvml_not_installed(
+    make: Callable[..., GpuCollector], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "pynvml", None)
@@ -475,20 +514,27 @@ def test_close_while_waiting_for_nvml(make: Callable[..., GpuCollector]) -> None
 # ---- golden --------------------------------------------------------------------------------
 
 
-def test_golden_output(fake: FakeNvml, make: Callable[..., GpuCollector], tmp_path: Path,
-                       update_golden: bool) -> None:
+def test_golden_output(
+    fake: FakeNvml, make: Callable[..., GpuCollector], tmp_path: Path, update_golden: bool
+) -> None:
     proc = tmp_path / "proc"
     for pid, comm in ((4242, "python3"), (4343, "trainer"), (5151, "jupyter")):
         (proc / str(pid)).mkdir(parents=True)
         (proc / str(pid) / "comm").write_text(comm + "\n")
     c = make(fake, processes=True, procfs=proc)
     render(c)
-    wait_until(lambda: fake.open_event_sets() == 1 and len(fake.event_sets[-1].devices) == 2,
-               timeout=5, what="registration")
+    wait_until(
+        lambda: fake.open_event_sets() == 1 and len(fake.event_sets[-1].devices) == 2,
+        timeout=5,
+        what="registration",
+    )
     fake.inject_xid(0, 48)
     fake.inject_xid(1, 79)
-    wait_until(lambda: sample(render(c), "dcwatch_gpu_xid_errors_total", gpu="1") == 1,
-               timeout=5, what="XIDs")
+    wait_until(
+        lambda: sample(render(c), "dcwatch_gpu_xid_errors_total", gpu="1") == 1,
+        timeout=5,
+        what="XIDs",
+    )
     got = render(c)
     if update_golden or not GOLDEN.exists():
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)

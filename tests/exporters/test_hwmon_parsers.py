@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporters.sources.hwmon import (
+from dcwatch.exporters.sources.hwmon import (
     HwmonChip,
     HwmonSensor,
     cpu_temps,
@@ -17,8 +17,8 @@ from exporters.sources.hwmon import (
     parse_coretemp_label,
     temp_threshold_is_set,
 )
-from exporters.sources.powercap import WrapCounter, discover_rapl, parse_zone_name
-from exporters.sources.thermal_zone import discover_thermal, trip_is_set
+from dcwatch.exporters.sources.powercap import WrapCounter, discover_rapl, parse_zone_name
+from dcwatch.exporters.sources.thermal_zone import discover_thermal, trip_is_set
 from tests.exporters.sysfs_trees import GPU_NODE, MINIMAL_VM
 
 

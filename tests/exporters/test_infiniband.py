@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from exporters.network import IB_COUNTERS, NetworkCollector
-from exporters.sources.infiniband import (
+from dcwatch.agent.config import AgentConfig
+from dcwatch.exporters.network import IB_COUNTERS, NetworkCollector
+from dcwatch.exporters.sources.infiniband import (
     InfinibandReader,
     discover,
     is_hw_counter,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from exporters.sources.procfs import NETDEV_FIELDS, NetDevStats, parse_netdev, parse_vlan_config
+from dcwatch.exporters.sources.procfs import (
+    NETDEV_FIELDS,
+    NetDevStats,
+    parse_netdev,
+    parse_vlan_config,
+)
 
 HEADER = (
     "Inter-|   Receive                                                |  Transmit\n"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_NET_EXCLUDE, AgentConfig, NetworkConfig
-from exporters import registry
-from exporters.base import Collector, NoDataError
-from exporters.network import NetworkCollector, device_filter
-from exporters.sources import netclass
-from exporters.sources.netclass import NetClassReader, arphrd_name, parse_flags, parse_speed
+from dcwatch.agent.config import DEFAULT_NET_EXCLUDE, AgentConfig, NetworkConfig
+from dcwatch.exporters import registry
+from dcwatch.exporters.base import Collector, NoDataError
+from dcwatch.exporters.network import NetworkCollector, device_filter
+from dcwatch.exporters.sources import netclass
+from dcwatch.exporters.sources.netclass import NetClassReader, arphrd_name, parse_flags, parse_speed
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 GPU = FIXTURES / "gpu-node-a"

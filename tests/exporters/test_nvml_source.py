@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from exporters import gpu
-from exporters.sources import nvml as nv
-from exporters.sources.nvml import (
+from dcwatch.exporters import gpu
+from dcwatch.exporters.gpu import metrics as gpu_metrics
+from dcwatch.exporters.sources import nvml as nv
+from dcwatch.exporters.sources.nvml import (
     GpuLostError,
     Nvml,
     NvmlCallError,
@@ -45,11 +46,23 @@ OUR_TO_PYNVML = {
     **{
         k: "NVML_" + k
         for k in (
-            "SUCCESS", "TEMPERATURE_GPU", "CLOCK_SM", "CLOCK_MEM", "PCIE_UTIL_TX_BYTES",
-            "PCIE_UTIL_RX_BYTES", "MEMORY_ERROR_TYPE_CORRECTED", "MEMORY_ERROR_TYPE_UNCORRECTED",
-            "VOLATILE_ECC", "AGGREGATE_ECC", "NVLINK_MAX_LINKS", "NVLINK_ERROR_DL_REPLAY",
-            "NVLINK_ERROR_DL_RECOVERY", "NVLINK_ERROR_DL_CRC_FLIT", "NVLINK_ERROR_DL_CRC_DATA",
-            "DEVICE_MIG_ENABLE", "PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS",
+            "SUCCESS",
+            "TEMPERATURE_GPU",
+            "CLOCK_SM",
+            "CLOCK_MEM",
+            "PCIE_UTIL_TX_BYTES",
+            "PCIE_UTIL_RX_BYTES",
+            "MEMORY_ERROR_TYPE_CORRECTED",
+            "MEMORY_ERROR_TYPE_UNCORRECTED",
+            "VOLATILE_ECC",
+            "AGGREGATE_ECC",
+            "NVLINK_MAX_LINKS",
+            "NVLINK_ERROR_DL_REPLAY",
+            "NVLINK_ERROR_DL_RECOVERY",
+            "NVLINK_ERROR_DL_CRC_FLIT",
+            "NVLINK_ERROR_DL_CRC_DATA",
+            "DEVICE_MIG_ENABLE",
+            "PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS",
             "PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR",
         )
     },
@@ -65,8 +78,12 @@ def test_constants_match_pynvml(ours: str) -> None:
 
 @needs_pynvml
 def test_legacy_nvlink_field_ids_match_pynvml() -> None:
-    names = {"replay": "REPLAY", "recovery": "RECOVERY", "crc_flit": "CRC_FLIT",
-             "crc_data": "CRC_DATA"}
+    names = {
+        "replay": "REPLAY",
+        "recovery": "RECOVERY",
+        "crc_flit": "CRC_FLIT",
+        "crc_data": "CRC_DATA",
+    }
     for kind, name in names.items():
         for link in range(12):
             want = getattr(pynvml, f"NVML_FI_DEV_NVLINK_{name}_ERROR_COUNT_L{link}")
@@ -89,16 +106,20 @@ def test_value_types_and_clock_reasons_match_pynvml() -> None:
         pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
     }
     named = {
-        "gpu_idle": "GpuIdle", "applications_clocks_setting": "ApplicationsClocksSetting",
-        "sw_power_cap": "SwPowerCap", "hw_slowdown": "HwSlowdown", "sync_boost": "SyncBoost",
-        "sw_thermal_slowdown": "SwThermalSlowdown", "hw_thermal_slowdown": "HwThermalSlowdown",
+        "gpu_idle": "GpuIdle",
+        "applications_clocks_setting": "ApplicationsClocksSetting",
+        "sw_power_cap": "SwPowerCap",
+        "hw_slowdown": "HwSlowdown",
+        "sync_boost": "SyncBoost",
+        "sw_thermal_slowdown": "SwThermalSlowdown",
+        "hw_thermal_slowdown": "HwThermalSlowdown",
         "hw_power_brake_slowdown": "HwPowerBrakeSlowdown",
         "display_clock_setting": "DisplayClockSetting",
     }
-    for bit, label in gpu.CLOCK_REASONS:
+    for bit, label in gpu_metrics.CLOCK_REASONS:
         assert getattr(pynvml, "nvmlClocksEventReason" + named[label]) == bit
         assert getattr(pynvml, "nvmlClocksThrottleReason" + named[label]) == bit
-    for bit, label in gpu.EXTRA_CLOCK_REASONS:
+    for bit, label in gpu_metrics.EXTRA_CLOCK_REASONS:
         camel = "".join(w.capitalize() for w in label.split("_"))
         assert getattr(pynvml, "nvmlClocksThrottleReason" + camel) == bit
 
@@ -112,8 +133,13 @@ def test_fake_constants_errors_and_structs_match_pynvml() -> None:
             ours = getattr(fake_nvml, name)
             theirs = getattr(pynvml, name)
             assert ours().value == theirs().value, name
-    for struct in ("c_nvmlFieldValue_t", "c_nvmlValue_t", "c_nvmlMemory_t",
-                   "c_nvmlUtilization_t", "nvmlPciInfo_t"):
+    for struct in (
+        "c_nvmlFieldValue_t",
+        "c_nvmlValue_t",
+        "c_nvmlMemory_t",
+        "c_nvmlUtilization_t",
+        "nvmlPciInfo_t",
+    ):
         ours, theirs = getattr(fake_nvml, struct), getattr(pynvml, struct)
         assert [n for n, _ in ours._fields_] == [n for n, _ in theirs._fields_], struct
         assert ctypes.sizeof(ours) == ctypes.sizeof(theirs), struct
@@ -135,8 +161,8 @@ def test_fake_functions_exist_in_pynvml_with_same_arity() -> None:
 
 @needs_pynvml
 def test_collector_calls_only_functions_pynvml_has() -> None:
-    # the collector and the modules it is split into: exporters/gpu.py, exporters/gpu_*.py
-    src = "".join(p.read_text() for p in Path(gpu.__file__).parent.glob("gpu*.py"))
+    # every module of the collector's folder, exporters/gpu/
+    src = "".join(p.read_text() for p in Path(gpu.__file__).parent.glob("*.py"))
     called = set(re.findall(r'"(nvml[A-Za-z_0-9]+)"', src))
     assert called, "no NVML function names found"
     for name in called:
@@ -279,8 +305,12 @@ def test_decode_field_reads_the_member_named_by_value_type(which: str) -> None:
 
 def test_field_values_per_field_codes() -> None:
     n, fake = ready()
-    ids = [(nv.FI_DEV_MEMORY_TEMP, 0), (nv.FI_DEV_TOTAL_ENERGY_CONSUMPTION, 0),
-           (nv.FI_DEV_NVLINK_GET_STATE, 17), (nv.FI_DEV_RETIRED_SBE, 0)]
+    ids = [
+        (nv.FI_DEV_MEMORY_TEMP, 0),
+        (nv.FI_DEV_TOTAL_ENERGY_CONSUMPTION, 0),
+        (nv.FI_DEV_NVLINK_GET_STATE, 17),
+        (nv.FI_DEV_RETIRED_SBE, 0),
+    ]
     got = n.field_values(FakeHandle(0), ids)
     assert got is not None
     assert [fv.value for fv in got] == [63, 123456789012, 0, None]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, PowerConfig
-from exporters import registry
-from exporters.base import CollectorDeps, NoDataError
-from exporters.power import PowerCollector
-from exporters.sources.ipmi import DcmiPowerReading, IpmiError, parse_dcmi_power_reading
+from dcwatch.agent.config import AgentConfig, PowerConfig
+from dcwatch.exporters import registry
+from dcwatch.exporters.base import CollectorDeps, NoDataError
+from dcwatch.exporters.power import PowerCollector
+from dcwatch.exporters.sources.ipmi import DcmiPowerReading, IpmiError, parse_dcmi_power_reading
 from tests.exporters.sysfs_trees import GPU_NODE, MINIMAL_VM, copy_sys, families, scrape
 from tests.helpers import sample
 

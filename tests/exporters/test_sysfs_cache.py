@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from exporters.sources.sysfs import FileCache, Rediscovered
+from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered
 
 
 def test_kept_open_reads_are_fresh(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
-from agent.registry import CollectorRunner
-from exporters import registry
-from exporters.base import NoDataError
-from exporters.thermal import ThermalCollector
+from dcwatch.agent.config import AgentConfig
+from dcwatch.agent.registry import CollectorRunner
+from dcwatch.exporters import registry
+from dcwatch.exporters.base import NoDataError
+from dcwatch.exporters.thermal import ThermalCollector
 from tests.exporters.sysfs_trees import GPU_NODE, MINIMAL_VM, copy_sys, families, scrape
 from tests.helpers import sample
 

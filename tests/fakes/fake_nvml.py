@@ -139,14 +139,17 @@ nvmlClocksThrottleReasonSwPowerCap = nvmlClocksEventReasonSwPowerCap
 # legacy per-link NVLink error fields: links 0..5 and 6..11 live in two id ranges
 _LEGACY_NVLINK_BASES = {
     "crc_flit": (
-        NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L6
+        NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0,
+        NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L6,
     ),
     "crc_data": (
-        NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L6
+        NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L0,
+        NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L6,
     ),
     "replay": (NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L6),
     "recovery": (
-        NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L6
+        NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L0,
+        NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L6,
     ),
 }
 _DL_FIELDS = {
@@ -371,8 +374,12 @@ class FakeGpu:
             t[(NVML_FI_DEV_RETIRED_PENDING, 0)] = (ui, self.retired_pending)
         if self.remapped_rows is not None:
             for fid, v in zip(
-                (NVML_FI_DEV_REMAPPED_COR, NVML_FI_DEV_REMAPPED_UNC,
-                 NVML_FI_DEV_REMAPPED_PENDING, NVML_FI_DEV_REMAPPED_FAILURE),
+                (
+                    NVML_FI_DEV_REMAPPED_COR,
+                    NVML_FI_DEV_REMAPPED_UNC,
+                    NVML_FI_DEV_REMAPPED_PENDING,
+                    NVML_FI_DEV_REMAPPED_FAILURE,
+                ),
                 self.remapped_rows,
                 strict=True,
             ):
@@ -481,8 +488,10 @@ def t4(index: int = 1) -> FakeGpu:
         retired_pages={0: [0x1000, 0x2000], 1: [0x3000]},
         retired_pending=0,
         processes=[(5151, 512 * 2**20)],
-        unsupported={"nvmlDeviceGetSupportedClocksEventReasons",
-                     "nvmlDeviceGetSupportedClocksThrottleReasons"},
+        unsupported={
+            "nvmlDeviceGetSupportedClocksEventReasons",
+            "nvmlDeviceGetSupportedClocksThrottleReasons",
+        },
         unsupported_fields={NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION},
     )
 
@@ -787,8 +796,12 @@ class FakeNvml:
     def _processes(self, g: FakeGpu) -> list[nvmlFriendlyObject]:
         return [
             nvmlFriendlyObject(
-                {"pid": pid, "usedGpuMemory": used, "gpuInstanceId": 0xFFFFFFFF,
-                 "computeInstanceId": 0xFFFFFFFF}
+                {
+                    "pid": pid,
+                    "usedGpuMemory": used,
+                    "gpuInstanceId": 0xFFFFFFFF,
+                    "computeInstanceId": 0xFFFFFFFF,
+                }
             )
             for pid, used in g.processes
         ]

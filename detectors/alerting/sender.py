@@ -1,0 +1,408 @@
+"""Delivers alerts to every configured Alertmanager, durably, with resends and retries.
+
+The queue is the latest state of each alert (updates collapse per alert), held in
+:class:`~dcwatch.detectors.alerting.queue.AlertStore` so it survives restarts. Each Alertmanager has
+its own task, delivery state and backoff: one that is down or slow never holds up another, and one
+that failed is sent every held alert once it answers again (a restart empties its memory). With no
+Alertmanager, state changes go to the log and the JSON-lines alert log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.core import Metric
+
+from dcwatch.detectors.alerting.alertmanager import (
+    AlertmanagerClient,
+    Backoff,
+    Delivery,
+    DeliveryStats,
+    clients_from_config,
+)
+from dcwatch.detectors.alerting.alerts import Alert, AlertingConfig, AlertRecord, alert_payload
+from dcwatch.detectors.alerting.log import AlertLog, log_entry
+from dcwatch.detectors.alerting.queue import AlertStore
+from dcwatch.exposition import Families, MetricSpec
+
+log = logging.getLogger("dcwatch.alerts")
+T = TypeVar("T")
+
+BATCH_MAX = 500  # alerts per POST
+LOG_TARGET = "log"  # the ``alertmanager`` label of the JSON-lines log in the metrics
+
+_AM = ("alertmanager",)
+SENT = MetricSpec("dcwatch_alerts_sent_total", "Alert states delivered", _AM, "counter")
+FAILED = MetricSpec(
+    "dcwatch_alerts_failed_total", "Alert states in failed deliveries (retried)", _AM, "counter"
+)
+DROPPED = MetricSpec(
+    "dcwatch_alerts_dropped_total",
+    "Alert states given up on (queue full, rejected)",
+    _AM,
+    "counter",
+)
+QUEUED = MetricSpec("dcwatch_alerts_queued", "Alerts waiting for delivery", _AM)
+LAST_SUCCESS = MetricSpec(
+    "dcwatch_alerts_last_success_timestamp_seconds", "Time of the last delivery", _AM
+)
+UP = MetricSpec("dcwatch_alertmanager_up", "1 if the last delivery attempt succeeded", _AM)
+HELD = MetricSpec("dcwatch_alerts_held", "Alerts held by the analyzer, by state", ("state",))
+SENDER_METRICS = (SENT, FAILED, DROPPED, QUEUED, LAST_SUCCESS, UP, HELD)
+
+
+class AlertSender:
+    """``await fire(alert)`` / ``await resolve(key)``; a background task per Alertmanager delivers.
+
+    Use as ``async with AlertSender(cfg) as s:`` or ``app.cleanup_ctx.append(s.cleanup_ctx)``.
+    """
+
+    def __init__(self, config: AlertingConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock  # wall time, for startsAt/endsAt; scheduling uses time.monotonic
+        self.targets: list[AlertmanagerClient] = []
+        self.backoff = Backoff(config.retry_initial, config.retry_max)
+        self.store = AlertStore(config.state_dir)
+        path = config.alert_log_path
+        self.alert_log = AlertLog(path) if path else None
+        self.log_stats = DeliveryStats(LOG_TARGET)
+        self._records: dict[str, AlertRecord] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, background: bool = True) -> None:
+        """Open the store (re-queueing what it holds); start one delivery task per Alertmanager.
+
+        ``background=False`` starts no tasks: deliveries happen only in :meth:`flush` (tests).
+        """
+        self.targets = clients_from_config(self.config)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dcwatch-alerts")
+        for r in await self._io(self.store.open):
+            self._records[r.key] = r
+        self._session = aiohttp.ClientSession(headers={"User-Agent": "dcwatch-analyzer"})
+        dest = ", ".join(t.name for t in self.targets) or f"log only ({self.alert_log_path})"
+        log.info(
+            "alerts: %d held in %s, delivering to %s", len(self._records), self.store.path, dest
+        )
+        if background:
+            self._tasks = [asyncio.create_task(self._run(t)) for t in self.targets]
+
+    async def stop(self) -> None:
+        """Cancel and await the tasks; close the session and the store. Nothing held is lost."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._executor is not None:
+            await self._io(self.store.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def __aenter__(self) -> AlertSender:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """For ``app.cleanup_ctx``: started with the app, stopped (tasks awaited) with it."""
+        await self.start()
+        yield
+        await self.stop()
+
+    @property
+    def alert_log_path(self) -> str:
+        return str(self.alert_log.path) if self.alert_log else "none"
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking file/SQLite work on the one store thread (keeps writes ordered)."""
+        if self._executor is None:
+            raise RuntimeError("AlertSender is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- the analyzer's side ----------------------------------------------------------------
+
+    async def fire(self, alert: Alert) -> AlertRecord:
+        """Assert ``alert``. New (or resolved before): sent now with ``startsAt`` = now. Already
+        firing: ``startsAt`` is kept and changed annotations go out with the next resend."""
+        now = self.clock()
+        rec = self._records.get(alert.key)
+        if rec is not None and rec.firing:
+            if rec.alert != alert:
+                rec.alert = alert
+                await self._io(self.store.put, [rec])
+            return rec
+        evicted = self._make_room() if rec is None else []
+        new = AlertRecord(alert, now, None, now, rec.version + 1 if rec else 1)
+        self._records[alert.key] = new
+        if evicted:
+            await self._io(self.store.delete, evicted)
+        await self._io(self.store.put, [new])
+        await self._changed(new, now)
+        return new
+
+    async def resolve(self, alert: str | Alert) -> bool:
+        """End an alert (by key or alert): sent now with ``endsAt`` = now. False if not firing."""
+        key = alert if isinstance(alert, str) else alert.key
+        rec = self._records.get(key)
+        if rec is None or not rec.firing:
+            return False
+        now = self.clock()
+        rec.resolved_at = rec.changed_at = max(now, rec.starts_at)
+        rec.version += 1
+        await self._io(self.store.put, [rec])
+        await self._changed(rec, now)
+        return True
+
+    def get(self, key: str) -> AlertRecord | None:
+        return self._records.get(key)
+
+    def firing(self) -> list[AlertRecord]:
+        """Alerts now firing (e.g. to reconcile with the detectors' state after a restart)."""
+        return [r for r in self._records.values() if r.firing]
+
+    async def _changed(self, rec: AlertRecord, now: float) -> None:
+        state = "firing" if rec.firing else "resolved"
+        labels = " ".join(f"{k}={v}" for k, v in rec.alert.labels.items())
+        level = logging.INFO if self.targets else logging.WARNING
+        log.log(level, "alert %s: %s: %s", state, labels, rec.alert.annotations.get("summary", ""))
+        if self.alert_log is not None:
+            try:
+                await self._io(self.alert_log.write, log_entry(rec, now, self.config))
+                self.log_stats.sent += 1
+                self.log_stats.last_success, self.log_stats.up = now, True
+            except OSError as e:
+                self.log_stats.dropped += 1
+                self.log_stats.up = False
+                log.error("alert log %s: cannot write (%s): entry lost", self.alert_log.path, e)
+        for t in self.targets:
+            t.wake.set()
+        await self._forget_done()
+
+    # --- what is held, what is due --------------------------------------------------------
+
+    def _pending(self, t: AlertmanagerClient, r: AlertRecord) -> bool:
+        """Must this alert's current state still reach ``t``?"""
+        d = t.deliveries.get(r.key)
+        if d is None or d.version < r.version:
+            return True
+        return t.resync and self._wants_resend(r, d)
+
+    def _wants_resend(self, r: AlertRecord, d: Delivery) -> bool:
+        return r.firing or d.resolved_sent < self.config.resolved_resends
+
+    def _make_room(self) -> list[str]:
+        """Evict until one more alert fits: resolved ones every Alertmanager has, then the
+        oldest resolved, then the oldest firing. What an Alertmanager never got is counted."""
+        excess = len(self._records) + 1 - self.config.queue_max
+        if excess <= 0:
+            return []
+
+        def order(r: AlertRecord) -> tuple[int, float]:
+            undelivered = any(self._pending(t, r) for t in self.targets)
+            return (2 if r.firing else int(undelivered), r.changed_at)
+
+        victims = sorted(self._records.values(), key=order)[:excess]
+        for r in victims:
+            lost = [t for t in self.targets if self._pending(t, r)]
+            for t in lost:
+                t.stats.dropped += 1
+            if not self.targets:
+                self.log_stats.dropped += 1
+            if lost or r.firing:
+                log.error(
+                    "alert queue full (queue_max=%d): dropping %s alert %s, never delivered to %s",
+                    self.config.queue_max,
+                    "firing" if r.firing else "resolved",
+                    dict(r.alert.labels),
+                    ", ".join(t.name for t in lost) or "-",
+                )
+            self._drop(r.key)
+        return [r.key for r in victims]
+
+    def _drop(self, key: str) -> None:
+        self._records.pop(key, None)
+        for t in self.targets:
+            t.deliveries.pop(key, None)
+
+    async def _forget_done(self) -> None:
+        """Forget resolved alerts that every Alertmanager has had ``resolved_resends`` times."""
+        done = [
+            r.key
+            for r in self._records.values()
+            if not r.firing
+            and all(
+                (d := t.deliveries.get(r.key)) is not None
+                and d.version == r.version
+                and not self._wants_resend(r, d)
+                for t in self.targets
+            )
+        ]
+        for key in done:
+            self._drop(key)
+        if done:
+            await self._io(self.store.delete, done)
+
+    def _due(self, t: AlertmanagerClient, now: float) -> list[AlertRecord]:
+        """Pending states, plus resends that are due; resends due within half an interval ride
+        along, so steady-state resends go out in a few large POSTs rather than many small ones."""
+        interval = self.config.resend_interval
+        now += 0.001  # the loop may wake a hair early: that is on time, not a spin
+        out, soon, overdue = [], [], False
+        for r in self._records.values():
+            d = t.deliveries.get(r.key)
+            if self._pending(t, r):
+                out.append(r)
+            elif d is not None and self._wants_resend(r, d) and d.last_sent + interval / 2 <= now:
+                soon.append(r)
+                overdue = overdue or d.last_sent + interval <= now
+        return out + soon if out or overdue else []
+
+    def _next_due(self, t: AlertmanagerClient, now: float) -> float | None:
+        """Monotonic time ``t`` next has something to send; None when nothing is held."""
+        times = []
+        for r in self._records.values():
+            d = t.deliveries.get(r.key)
+            if self._pending(t, r):
+                times.append(now)
+            elif d is not None and self._wants_resend(r, d):
+                times.append(d.last_sent + self.config.resend_interval)
+        return max(min(times), t.retry_at) if times else None
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    async def _run(self, t: AlertmanagerClient) -> None:
+        while True:
+            t.wake.clear()
+            if time.monotonic() >= t.retry_at:
+                try:
+                    await self._deliver(t)
+                except Exception:  # a bug must not stop deliveries for good
+                    wait = self.config.retry_max
+                    log.exception("alertmanager %s: delivery failed, retry in %gs", t.name, wait)
+                    t.retry_at = time.monotonic() + wait
+            due = self._next_due(t, time.monotonic())
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            # asyncio.wait, not wait_for: 3.10/3.11's wait_for can swallow a cancellation.
+            waiter = asyncio.ensure_future(t.wake.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
+
+    async def flush(self) -> bool:
+        """One delivery round to every Alertmanager now, backoff or not; True if all succeeded."""
+        return all(await asyncio.gather(*(self._deliver(t) for t in self.targets)))
+
+    async def _deliver(self, t: AlertmanagerClient) -> bool:
+        """Send ``t`` what is due; False when a POST failed (a retry is then scheduled)."""
+        async with t.lock:
+            batch = self._due(t, time.monotonic())
+            for i in range(0, len(batch), BATCH_MAX):
+                if not await self._post_chunk(t, batch[i : i + BATCH_MAX]):
+                    return False
+            t.resync = False
+        await self._forget_done()
+        return True
+
+    async def _post_chunk(self, t: AlertmanagerClient, chunk: list[AlertRecord]) -> bool:
+        assert self._session is not None, "AlertSender is not started"
+        sent = [(r, r.version, r.firing) for r in chunk]
+        body = [alert_payload(r, self.clock(), self.config) for r in chunk]
+        status, err = await t.post(self._session, body, self.config.timeout)
+        if status is not None and 200 <= status < 300:
+            self._delivered(t, sent)
+            return True
+        if status != 400:
+            return self._failed(t, len(chunk), err)
+        # Alertmanager rejects the whole batch for one bad alert: send one by one, drop the bad.
+        for one, payload in zip(sent, body, strict=True):
+            status, err = await t.post(self._session, [payload], self.config.timeout)
+            if status is not None and 200 <= status < 300:
+                self._delivered(t, [one])
+            elif status == 400:
+                log.error("alertmanager %s rejected %s: %s: dropped", t.name, payload, err)
+                t.stats.dropped += 1
+                self._delivered(t, [one], count=False)
+                if (d := t.deliveries.get(one[0].key)) is not None:
+                    d.resolved_sent = self.config.resolved_resends  # a resolved one: forget it
+            else:
+                return self._failed(t, 1, err)
+        return True
+
+    def _delivered(
+        self,
+        t: AlertmanagerClient,
+        sent: Iterable[tuple[AlertRecord, int, bool]],
+        count: bool = True,
+    ) -> None:
+        now, n = time.monotonic(), 0
+        for r, version, firing in sent:
+            if self._records.get(r.key) is not r:
+                continue  # evicted or re-fired while in flight
+            d = t.deliveries.setdefault(r.key, Delivery())
+            d.resolved_sent = 0 if firing else d.resolved_sent + (version == r.version)
+            d.version, d.last_sent = max(d.version, version), now
+            n += 1
+        if count:
+            t.stats.sent += n
+        if t.failures:
+            log.info("alertmanager %s reachable again after %d failures", t.name, t.failures)
+        t.failures, t.retry_at = 0, 0.0
+        t.stats.up, t.stats.last_success = True, self.clock()
+
+    def _failed(self, t: AlertmanagerClient, n: int, err: str) -> bool:
+        t.failures += 1
+        t.stats.failed += n
+        t.stats.up = False
+        t.resync = True
+        delay = self.backoff.delay(t.failures)
+        t.retry_at = time.monotonic() + delay
+        queued = sum(self._pending(t, r) for r in self._records.values())
+        log.warning(
+            "alertmanager %s %s, %d alerts queued, retry in %.1fs", t.name, err, queued, delay
+        )
+        return False
+
+    # --- self-metrics -----------------------------------------------------------------------
+
+    def stats(self) -> list[DeliveryStats]:
+        """Per Alertmanager (and ``log`` for the JSON-lines file, if any): counters and queue."""
+        now = time.monotonic()
+        out = []
+        for t in self.targets:
+            t.stats.queued = sum(self._pending(t, r) for r in self._records.values())
+            t.stats.retry_in = max(0.0, t.retry_at - now) if t.failures else None
+            out.append(t.stats)
+        if self.alert_log is not None:
+            out.append(self.log_stats)
+        return out
+
+    def collect(self) -> Iterable[Metric]:
+        """Metric families for the analyzer's ``/metrics`` (names in :data:`SENDER_METRICS`)."""
+        f = Families()
+        for s in self.stats():
+            f.add(SENT, s.sent, s.name)
+            f.add(FAILED, s.failed, s.name)
+            f.add(DROPPED, s.dropped, s.name)
+            f.add(QUEUED, None if s.name == LOG_TARGET else s.queued, s.name)
+            f.add(LAST_SUCCESS, s.last_success, s.name)
+            f.add(UP, None if s.up is None or s.name == LOG_TARGET else int(s.up), s.name)
+        firing = sum(r.firing for r in self._records.values())
+        f.add(HELD, firing, "firing")
+        f.add(HELD, len(self._records) - firing, "resolved")
+        return f

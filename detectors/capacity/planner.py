@@ -1,0 +1,336 @@
+"""Capacity planning: forecast each rule's series and say when it will be full.
+
+Per rule and series (:mod:`dcwatch.detectors.capacity.rules`) a forecaster is fitted on the rule's
+history in a worker of the analyzer's fit backend (process pool, a thread with ``model.workers: 0``,
+or Dask; BLAS pinned to one thread), refitted every ``refit`` and updated with the new points at
+every step in between. Each step the forecast gives the time to exhaustion
+(:func:`time_to_exhaustion`), forecasts at a few horizons and, when the estimate falls within the
+rule's horizon, a ``DcwatchCapacityExhaustion`` alert through the analyzer's
+:class:`~dcwatch.detectors.alerting.sender.AlertSender`. It resolves once the estimate has been past
+1.2 x the horizon (or absent) for two evaluations in a row, so a forecast hovering around the
+horizon does not flap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from dcwatch.detectors.alerting.alerts import AlertingConfig
+from dcwatch.detectors.alerting.sender import AlertSender
+from dcwatch.detectors.capacity.rules import CapacityRule
+from dcwatch.detectors.capacity.series import (
+    PlotHistory,
+    SeriesData,
+    assess,
+    extract_series,
+    fit_forecasters,
+    query_view,
+)
+from dcwatch.detectors.capacity.state import CAPACITY_ALERT, RuleState, SeriesState, capacity_alert
+from dcwatch.detectors.frame import Source
+from dcwatch.detectors.models.fitting import FitBackend
+from dcwatch.detectors.models.forecast import Forecaster
+
+log = logging.getLogger("dcwatch.analyzer.capacity")
+
+RESOLVE_FACTOR = 1.2  # resolve only once the estimate is beyond this many horizons ...
+RESOLVE_AFTER = 2  # ... (or absent) for this many evaluations in a row
+FIT_CHUNK = 64  # series per worker call
+STALE_STEPS = 10  # a series without data for this many steps has no forecast
+
+
+class CapacityPlanner:
+    """Owns the rules' series states, the fit workers and the evaluation loop."""
+
+    def __init__(
+        self,
+        rules: Sequence[CapacityRule],
+        source: Source,
+        sender: AlertSender,
+        alerting: AlertingConfig,
+        *,
+        backend: FitBackend | None = None,
+    ) -> None:
+        self.rules: dict[str, RuleState] = {}
+        for r in rules:
+            view = query_view(source, r.queries())
+            if view is None:
+                log.warning("%s cannot evaluate capacity queries; no capacity planning", source)
+                break
+            self.rules[r.name] = RuleState(r, view)
+        self.sender = sender
+        self.alerting = alerting
+        # Fits share the anomaly models' backend (process pool or Dask); a planner built alone
+        # (tests, benchmarks) gets a thread of its own.
+        self._own_backend = backend is None
+        self.backend = backend or FitBackend(workers=0)
+        self.evaluations = 0
+        self._eval_pool: ThreadPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._own_backend:
+            await self.backend.start()
+        self._eval_pool = ThreadPoolExecutor(1, thread_name_prefix="capacity")
+        # Alerts firing before a restart: re-attached to their series, which resolve them when
+        # the forecast no longer says full; those of rules no longer configured end now.
+        for rec in self.sender.firing():
+            lab = rec.alert.labels
+            if lab.get("alertname") != CAPACITY_ALERT:
+                continue
+            rs = self.rules.get(lab.get("rule", ""))
+            if rs is None:
+                await self.sender.resolve(rec.key)
+                continue
+            dev = lab.get(rs.rule.per) if rs.rule.per else None
+            st = SeriesState(rs.rule, lab.get("instance", ""), dev, alert_key=rec.key)
+            rs.series[st.key] = st
+        log.info("capacity planner: %d rules (%s)", len(self.rules), ", ".join(self.rules))
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._eval_pool is not None:
+            self._eval_pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_backend:
+            await self.backend.close()
+
+    async def run(self) -> None:
+        """Evaluate each rule at every multiple of its step until cancelled."""
+        if not self.rules:
+            return
+        due = dict.fromkeys(self.rules, 0.0)
+        while True:
+            now = time.time()
+            for name, rs in self.rules.items():
+                if now >= due[name]:
+                    due[name] = (math.floor(now / rs.rule.step) + 1) * rs.rule.step
+                    try:
+                        await self.evaluate_rule(rs, now)
+                    except Exception:  # one failing rule must not stop the others
+                        log.exception("capacity rule %s: evaluation failed", name)
+            await asyncio.sleep(max(0.05, min(due.values()) - time.time()))
+
+    async def evaluate(self, now: float | None = None) -> None:
+        """One evaluation of every rule (the loop's work; tests call it directly)."""
+        now = time.time() if now is None else now
+        for rs in self.rules.values():
+            await self.evaluate_rule(rs, now)
+
+    async def wait_fits(self) -> None:
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- evaluating ------------------------------------------------------------------------------
+    async def evaluate_rule(self, rs: RuleState, now: float) -> None:
+        async with rs.lock:
+            fitted = [s for s in rs.series.values() if s.forecaster is not None]
+            if fitted:
+                ends = [getattr(s.forecaster, "end_", None) or now for s in fitted]
+                # A smoothed series needs the window before its first new point too.
+                start = max(min(ends) + rs.rule.step - rs.rule.smooth, now - rs.rule.history)
+                data = await self._read(rs, start, now) if start <= now else {}
+                if data is not None:
+                    if set(data) - set(rs.series):
+                        rs.next_fit = min(rs.next_fit, now)  # a new series: fit it soon
+                    await self._assess(rs, data, now)
+        if now >= rs.next_fit and not rs.fitting:
+            rs.fitting = True
+            task = asyncio.create_task(self._fit(rs, now))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.evaluations += 1
+
+    async def _read(self, rs: RuleState, start: float, end: float) -> dict | None:
+        try:
+            frames = await rs.source.fetch(start, end, rs.rule.step)
+        except Exception as e:  # source down: keep the last forecasts, retry next step
+            rs.errors += 1
+            msg = f"{type(e).__name__}: {e}"
+            if msg != rs.last_error:
+                log.warning("capacity rule %s: source unavailable (%s)", rs.rule.name, msg)
+            rs.last_error = msg
+            return None
+        rs.last_error = ""
+        return extract_series(rs.rule, frames)
+
+    async def _assess(
+        self, rs: RuleState, data: Mapping[tuple[str, str | None], SeriesData], now: float
+    ) -> None:
+        t0 = time.perf_counter()
+        states = [s for s in rs.series.values() if s.forecaster is not None]
+        items = []
+        for st in states:
+            d = data.get(st.key)
+            if d is not None:
+                if d.capacity is not None:
+                    st.capacity = d.capacity
+                if st.plot is not None:
+                    st.plot.add(d.times, d.values)
+            assert st.forecaster is not None
+            items.append((st.forecaster, d, st.capacity, st.current))
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._eval_pool, assess, rs.rule, items, now)
+        stale_before = now - STALE_STEPS * rs.rule.step
+        for st, res in zip(states, results, strict=True):
+            st.current, st.exhaustion, st.forecasts = res.current, res.exhaustion, res.forecasts
+            st.forecast_plot, st.evaluated_at = res.plot, now
+            end = getattr(st.forecaster, "end_", None)
+            st.stale = end is not None and end < stale_before
+            if st.stale:  # no recent data (node down): claim nothing, resolve its alert
+                st.exhaustion, st.forecasts = None, {}
+            await self._decide(st)
+        rs.eval_duration = time.perf_counter() - t0
+
+    # -- fitting ---------------------------------------------------------------------------------
+    async def _fit(self, rs: RuleState, now: float) -> None:
+        rule = rs.rule
+        try:
+            data = await self._read(rs, now - rule.history, now)
+            if data is None:
+                rs.next_fit = now + min(rule.refit, 300.0)
+                return
+            need = rule.min_history / rule.step
+            due = {
+                k: d
+                for k, d in data.items()
+                if k not in rs.series
+                or rs.series[k].forecaster is None
+                or now - rs.series[k].fitted_at >= rule.refit
+            }
+            ready = {k: d for k, d in due.items() if np.isfinite(d.values).sum() >= need}
+            t0 = time.perf_counter()
+            fitted = await self._fit_all(rule, ready)
+            rs.fit_duration = time.perf_counter() - t0
+            async with rs.lock:
+                await self._install(rs, data, due, fitted, now)
+                if fitted:
+                    await self._assess(rs, {}, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            rs.errors += 1
+            rs.next_fit = now + min(rule.refit, 300.0)
+            log.exception("capacity rule %s: fit failed (%s); retry later", rule.name, e)
+        finally:
+            rs.fitting = False
+
+    async def _fit_all(
+        self, rule: CapacityRule, ready: Mapping[tuple[str, str | None], SeriesData]
+    ) -> dict[tuple[str, str | None], Forecaster | str]:
+        keys = list(ready)
+        chunks = [keys[i : i + FIT_CHUNK] for i in range(0, len(keys), FIT_CHUNK)]
+        parts = await asyncio.gather(
+            *(
+                self.backend.run(
+                    fit_forecasters,
+                    rule,
+                    [(ready[k].times, ready[k].values) for k in chunk],
+                )
+                for chunk in chunks
+            )
+        )
+        return {
+            k: f
+            for chunk, out in zip(chunks, parts, strict=True)
+            for k, f in zip(chunk, out, strict=True)
+        }
+
+    async def _install(
+        self,
+        rs: RuleState,
+        data: Mapping[tuple[str, str | None], SeriesData],
+        due: Mapping[tuple[str, str | None], SeriesData],
+        fitted: Mapping[tuple[str, str | None], Forecaster | str],
+        now: float,
+    ) -> None:
+        rule = rs.rule
+        for key in [k for k in rs.series if k not in data]:  # gone from the whole history
+            st = rs.series.pop(key)
+            if st.alert_key:
+                await self.sender.resolve(st.alert_key)
+                log.info("capacity %s on %s: series gone, alert resolved", rule.name, st.where)
+        # Nothing to read yet (a fresh Prometheus, no such hardware): look again in a while.
+        retry = now + max(rule.step, min(rule.refit, rule.min_history / 4, 600.0))
+        next_fit = now + rule.refit if data else retry
+        for key, d in data.items():
+            st = rs.series.get(key) or SeriesState(rule, key[0], key[1])
+            rs.series[key] = st
+            if d.capacity is not None:
+                st.capacity = d.capacity
+            st.current = d.last if d.last is not None else st.current
+            if key not in due:
+                next_fit = min(next_fit, st.fitted_at + rule.refit)
+                continue
+            f = fitted.get(key)
+            if f is None:  # too short: try again when enough history can be there
+                n, need = int(np.isfinite(d.values).sum()), math.ceil(rule.min_history / rule.step)
+                st.fit_error = f"collecting history ({n} of {need} points)"
+                next_fit = min(next_fit, now + max(1, need - n) * rule.step)
+            elif isinstance(f, str):
+                st.fit_error = f
+                next_fit = min(next_fit, retry)
+                log.warning("capacity %s on %s: fit failed: %s", rule.name, st.where, f)
+            else:
+                st.forecaster, st.fitted_at, st.fit_error = f, now, ""
+                st.plot = PlotHistory.for_rule(rule)
+                st.plot.add(d.times, d.values)
+        rs.next_fit = next_fit
+        if fitted:
+            log.info(
+                "capacity rule %s: fitted %d series in %.2fs",
+                rule.name,
+                sum(not isinstance(f, str) for f in fitted.values()),
+                rs.fit_duration,
+            )
+
+    # -- alerting --------------------------------------------------------------------------------
+    async def _decide(self, st: SeriesState) -> None:
+        rule = st.rule
+        est = st.exhaustion.estimate if st.exhaustion else None
+        if est is not None and est <= rule.horizon:
+            st.clear_count = 0
+            alert = capacity_alert(st, self.alerting)
+            if not st.alert_key:
+                log.warning("capacity: %s", alert.annotations["summary"])
+            st.alert_key = alert.key
+            await self.sender.fire(alert)
+            return
+        if not st.alert_key:
+            return
+        if est is None or est > RESOLVE_FACTOR * rule.horizon:
+            st.clear_count += 1
+            if st.clear_count >= RESOLVE_AFTER:
+                await self.sender.resolve(st.alert_key)
+                log.info("capacity %s on %s: no longer forecast full", rule.name, st.where)
+                st.alert_key, st.clear_count = "", 0
+        else:
+            st.clear_count = 0  # between 1 and 1.2 horizons: keep the alert as it is
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def all_series(self) -> Iterable[SeriesState]:
+        for rs in self.rules.values():
+            yield from rs.series.values()
+
+    def ranked(self) -> list[SeriesState]:
+        """Series with a forecast, soonest full first, then the most used."""
+
+        def order(s: SeriesState) -> tuple[float, float]:
+            est = s.exhaustion.estimate if s.exhaustion else None
+            return (math.inf if est is None else est, -(s.utilization or 0.0))
+
+        return sorted((s for s in self.all_series() if s.forecast_plot), key=order)
+
+    def collect(self) -> Iterable[Any]:
+        from dcwatch.detectors.web.metrics import capacity_families
+
+        return capacity_families(self)
