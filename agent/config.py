@@ -7,15 +7,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dcwatch import settings as st
+from dcwatch.exporters import registry
 from dcwatch.settings import Setting
 
 DEFAULT_PORT = 9478
-DEFAULT_NET_EXCLUDE = (
-    r"^(lo|veth.*|cali.*|flannel.*|cni.*|docker.*|virbr.*|vxlan.*|tunl.*|kube-ipvs.*)$"
-)
 
+# The agent's own settings; each collector adds its options (``Collector.SETTINGS``) to these.
 AGENT_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "listen",
@@ -59,68 +59,7 @@ AGENT_SETTINGS: tuple[Setting, ...] = (
         60.0,
         "seconds between re-scans of sysfs for new devices",
     ),
-    Setting(
-        "network.device_include",
-        st.to_optional_regex,
-        None,
-        "regex of network devices to include (default: all)",
-    ),
-    Setting(
-        "network.device_exclude",
-        st.to_optional_regex,
-        DEFAULT_NET_EXCLUDE,
-        "regex of network devices to exclude",
-    ),
-    Setting(
-        "gpu.processes",
-        st.to_bool,
-        False,
-        "export per-process GPU memory (pid, name)",
-        is_bool=True,
-    ),
-    Setting(
-        "gpu.xid_events",
-        st.to_bool,
-        True,
-        "watch NVML XID events in a background thread",
-        is_bool=True,
-    ),
-    Setting(
-        "power.ipmi",
-        st.to_bool,
-        False,
-        "read system power via 'ipmitool dcmi power reading'",
-        is_bool=True,
-    ),
-    Setting("power.ipmitool", st.to_str, "ipmitool", "ipmitool executable"),
-    Setting("power.ipmi_timeout", st.to_positive_float, 3.0, "seconds to wait for the BMC"),
-    Setting(
-        "power.ipmi_interval",
-        st.to_nonneg_float,
-        30.0,
-        "seconds to cache an IPMI reading (BMCs are slow)",
-    ),
 )
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    device_include: str | None = None
-    device_exclude: str | None = DEFAULT_NET_EXCLUDE
-
-
-@dataclass(frozen=True)
-class GpuConfig:
-    processes: bool = False
-    xid_events: bool = True
-
-
-@dataclass(frozen=True)
-class PowerConfig:
-    ipmi: bool = False
-    ipmitool: str = "ipmitool"
-    ipmi_timeout: float = 3.0
-    ipmi_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -133,22 +72,25 @@ class AgentConfig:
     web_config: Path | None = None
     collector_timeout: float = 5.0
     rediscover_interval: float = 60.0
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    gpu: GpuConfig = field(default_factory=GpuConfig)
-    power: PowerConfig = field(default_factory=PowerConfig)
+    # each collector's own options (its ``Options`` dataclass), by collector name; a collector
+    # missing here gets its defaults
+    options: Mapping[str, Any] = field(default_factory=dict)
     source: str = "defaults"  # where the config came from, for messages
+
+
+def settings_table() -> tuple[Setting, ...]:
+    """The agent's settings followed by every collector's options."""
+    return AGENT_SETTINGS + tuple(s for e in registry.entries() for s in e.cls.SETTINGS)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="dcwatch agent")
     st.add_config_argument(parser)
-    st.add_arguments(parser, AGENT_SETTINGS)
+    st.add_arguments(parser, settings_table())
     return parser
 
 
 def _known_collectors(names: tuple[str, ...]) -> tuple[str, ...]:
-    from dcwatch.exporters import registry  # the table of collectors lives with the collectors
-
     known = registry.names()
     for name in names:
         if name not in known:
@@ -157,11 +99,9 @@ def _known_collectors(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def resolve_collectors(enabled: Sequence[str], disabled: Sequence[str]) -> tuple[str, ...]:
-    """Turn ``--collectors`` / ``--no-collector`` into the ordered list of enabled collectors."""
-    from dcwatch.exporters import registry
-
-    chosen = list(enabled) if enabled else registry.default_names()
-    return tuple(n for n in chosen if n not in disabled)
+    """Turn ``--collectors`` / ``--no-collector`` into the enabled collectors, in output order."""
+    chosen = set(enabled) if enabled else set(registry.default_names())
+    return tuple(n for n in registry.names() if n in chosen and n not in disabled)
 
 
 def load_agent_config(
@@ -175,7 +115,7 @@ def load_agent_config(
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AgentConfig:
     file = st.config_file(args, env)
-    v, _ = st.resolve(AGENT_SETTINGS, args, env, file)
+    v, _ = st.resolve(settings_table(), args, env, file)
     return AgentConfig(
         listen=v["listen"],
         sysfs=v["sysfs"],
@@ -185,10 +125,6 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AgentC
         web_config=v["web_config"],
         collector_timeout=v["collector_timeout"],
         rediscover_interval=v["rediscover_interval"],
-        network=NetworkConfig(v["network.device_include"], v["network.device_exclude"]),
-        gpu=GpuConfig(v["gpu.processes"], v["gpu.xid_events"]),
-        power=PowerConfig(
-            v["power.ipmi"], v["power.ipmitool"], v["power.ipmi_timeout"], v["power.ipmi_interval"]
-        ),
+        options={e.name: e.cls.options_from(v) for e in registry.entries()},
         source=str(file) if file else "flags/env",
     )

@@ -29,11 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-from dcwatch.agent.config import AgentConfig, GpuConfig  # noqa: E402
+from dcwatch.agent.config import AgentConfig  # noqa: E402
 from dcwatch.agent.registry import CollectorRunner, build_collectors  # noqa: E402
 from dcwatch.exporters import registry  # noqa: E402
 from dcwatch.exporters.base import NoDataError  # noqa: E402
-from dcwatch.exporters.gpu.collector import GpuCollector  # noqa: E402
+from dcwatch.exporters.gpu.collector import GpuCollector, GpuOptions  # noqa: E402
 from dcwatch.exposition import encode  # noqa: E402
 
 
@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace) -> int:
         sysfs=args.sysfs,
         procfs=args.procfs,
         collectors=tuple(names),
-        gpu=GpuConfig(processes=args.processes, xid_events=True),
+        options={"gpu": GpuOptions(processes=args.processes, xid_events=True)},
     )
     collectors = build_collectors(cfg)
     gpu = next(c for c in collectors if isinstance(c, GpuCollector))

@@ -7,16 +7,15 @@ core, :mod:`dcwatch.exposition`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 from prometheus_client.core import Metric
 
 from dcwatch.exposition import MetricSpec
-
-if TYPE_CHECKING:
-    from dcwatch.agent.config import AgentConfig
+from dcwatch.settings import Setting
 
 
 class NoDataError(Exception):
@@ -31,17 +30,54 @@ class CollectorDeps:
     run_command: Any = None  # callable(argv, timeout) -> str; None = subprocess
 
 
+class CollectorConfig(Protocol):
+    """What a collector reads of the agent's configuration (the agent's config satisfies it)."""
+
+    @property
+    def sysfs(self) -> Path: ...
+    @property
+    def procfs(self) -> Path: ...
+    @property
+    def rediscover_interval(self) -> float: ...
+    @property
+    def collector_timeout(self) -> float: ...
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
 class Collector:
     """Base class. Subclasses set no state in ``__init__`` beyond config and cheap setup;
-    ``collect()`` builds fresh families every scrape; ``close()`` releases resources."""
+    ``collect()`` builds fresh families every scrape; ``close()`` releases resources.
+
+    A collector's own options are declared beside it: ``SETTINGS`` (keys ``<name>.<option>``,
+    which give the YAML key, the ``--<name>-<option>`` flag and the ``DCWATCH_*`` variable) and
+    ``Options``, a frozen dataclass with one field per option. The agent resolves them with its
+    own settings and hands each collector its ``Options`` as ``self.options``.
+    """
 
     name: ClassVar[str] = ""
     METRICS: ClassVar[Sequence[MetricSpec]] = ()
+    SETTINGS: ClassVar[Sequence[Setting]] = ()
+    Options: ClassVar[type | None] = None
+    options: Any
 
-    def __init__(self, config: AgentConfig, deps: CollectorDeps | None = None) -> None:
+    def __init__(self, config: CollectorConfig, deps: CollectorDeps | None = None) -> None:
         self.config = config
         self.deps = deps or CollectorDeps()
         self.log = logging.getLogger(f"dcwatch.collector.{self.name}")
+        given = config.options.get(self.name)
+        self.options = given if given is not None else self.default_options()
+
+    @classmethod
+    def options_from(cls, values: Mapping[str, Any]) -> Any:
+        """Build ``Options`` from resolved setting values (keyed ``<name>.<option>``)."""
+        if cls.Options is None:
+            return None
+        return cls.Options(**{s.key.split(".", 1)[1]: values[s.key] for s in cls.SETTINGS})
+
+    @classmethod
+    def default_options(cls) -> Any:
+        return cls.options_from({s.key: s.default for s in cls.SETTINGS})
 
     def collect(self) -> Iterable[Metric]:
         raise NotImplementedError

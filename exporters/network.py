@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from dcwatch.agent.config import AgentConfig
-from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch import settings as st
+from dcwatch.exporters.base import Collector, CollectorConfig, CollectorDeps, NoDataError
 from dcwatch.exporters.registry import register
 from dcwatch.exporters.sources.infiniband import STATE_ACTIVE, HcaInfo, InfinibandReader
 from dcwatch.exporters.sources.netclass import NetClassReader
@@ -182,9 +183,39 @@ def device_filter(include: str | None, exclude: str | None) -> Callable[[str], b
     return want
 
 
-@register("network", default=True, description="interface counters, link state, InfiniBand")
+DEFAULT_NET_EXCLUDE = (
+    r"^(lo|veth.*|cali.*|flannel.*|cni.*|docker.*|virbr.*|vxlan.*|tunl.*|kube-ipvs.*)$"
+)
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    device_include: str | None = None
+    device_exclude: str | None = DEFAULT_NET_EXCLUDE
+
+
+@register(
+    "network", default=True, order=40, description="interface counters, link state, InfiniBand"
+)
 class NetworkCollector(Collector):
     """Interface counters (/proc/net/dev), link state (/sys/class/net), InfiniBand ports."""
+
+    SETTINGS = (
+        st.Setting(
+            "network.device_include",
+            st.to_optional_regex,
+            None,
+            "regex of network devices to include (default: all)",
+        ),
+        st.Setting(
+            "network.device_exclude",
+            st.to_optional_regex,
+            DEFAULT_NET_EXCLUDE,
+            "regex of network devices to exclude",
+        ),
+    )
+    Options = NetworkOptions
+    options: NetworkOptions
 
     METRICS = (
         *(spec for _, spec in NETDEV_COUNTERS),
@@ -209,9 +240,9 @@ class NetworkCollector(Collector):
         IB_HW_COUNTER,
     )
 
-    def __init__(self, config: AgentConfig, deps: CollectorDeps | None = None) -> None:
+    def __init__(self, config: CollectorConfig, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
-        net = config.network
+        net = self.options
         self._want = device_filter(net.device_include, net.device_exclude)
         self._netdev = netdev_path(config.procfs)
         self._proc = FileCache(max_open=4)

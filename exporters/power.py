@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch import settings as st
+from dcwatch.exporters.base import Collector, CollectorConfig, CollectorDeps, NoDataError
 from dcwatch.exporters.registry import register
 from dcwatch.exporters.sources.hwmon import SCALE, ScaledRead, discover_hwmon, read_scaled
 from dcwatch.exporters.sources.ipmi import DCMI_POWER_READING, DcmiPowerReader
@@ -83,9 +84,42 @@ class _Plan:
         return {r.path for r in self.reads} | {z.energy_path for z in self.rapl}
 
 
-@register("power", default=True, description="RAPL, hwmon power/energy sensors, IPMI DCMI power")
+@dataclass(frozen=True)
+class PowerOptions:
+    ipmi: bool = False
+    ipmitool: str = "ipmitool"
+    ipmi_timeout: float = 3.0
+    ipmi_interval: float = 30.0
+
+
+@register(
+    "power",
+    default=True,
+    order=20,
+    description="RAPL, hwmon power/energy sensors, IPMI DCMI power",
+)
 class PowerCollector(Collector):
     """Energy and power of the node: RAPL zones, hwmon sensors, optionally the BMC."""
+
+    SETTINGS = (
+        st.Setting(
+            "power.ipmi",
+            st.to_bool,
+            False,
+            "read system power via 'ipmitool dcmi power reading'",
+            is_bool=True,
+        ),
+        st.Setting("power.ipmitool", st.to_str, "ipmitool", "ipmitool executable"),
+        st.Setting("power.ipmi_timeout", st.to_positive_float, 3.0, "seconds to wait for the BMC"),
+        st.Setting(
+            "power.ipmi_interval",
+            st.to_nonneg_float,
+            30.0,
+            "seconds to cache an IPMI reading (BMCs are slow)",
+        ),
+    )
+    Options = PowerOptions
+    options: PowerOptions
 
     METRICS = (
         RAPL_ENERGY,
@@ -98,7 +132,7 @@ class PowerCollector(Collector):
         NODE_POWER,
     )
 
-    def __init__(self, config, deps: CollectorDeps | None = None) -> None:
+    def __init__(self, config: CollectorConfig, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
         self.clock = time.monotonic  # tests replace it to control the RAPL rate window
         self._files = FileCache()
@@ -111,18 +145,19 @@ class PowerCollector(Collector):
         self._rapl_watts: float | None = None
         self._packages: tuple[str, ...] = ()
         self.ipmi: DcmiPowerReader | None = None
-        if config.power.ipmi:
+        opts = self.options
+        if opts.ipmi:
             self.ipmi = DcmiPowerReader(
-                [*shlex.split(config.power.ipmitool), *DCMI_POWER_READING],
-                config.power.ipmi_timeout,
-                config.power.ipmi_interval,
+                [*shlex.split(opts.ipmitool), *DCMI_POWER_READING],
+                opts.ipmi_timeout,
+                opts.ipmi_interval,
                 self.deps.run_command,
             )
-            if config.power.ipmi_timeout >= config.collector_timeout:
+            if opts.ipmi_timeout >= config.collector_timeout:
                 self.log.warning(
                     "power.ipmi_timeout (%gs) >= collector_timeout (%gs): a hung BMC will make "
                     "the whole power collector time out once per power.ipmi_interval",
-                    config.power.ipmi_timeout,
+                    opts.ipmi_timeout,
                     config.collector_timeout,
                 )
 

@@ -9,7 +9,7 @@ import psutil
 from prometheus_client.core import Metric
 
 from dcwatch import __version__
-from dcwatch.exporters.base import Collector, CollectorDeps
+from dcwatch.exporters.base import Collector, CollectorConfig, CollectorDeps
 from dcwatch.exporters.registry import register
 from dcwatch.exposition import Families, MetricSpec
 
@@ -24,13 +24,13 @@ FDS = MetricSpec("dcwatch_process_open_fds", "Open file descriptors of the agent
 THREADS = MetricSpec("dcwatch_process_threads", "Threads of the agent process")
 
 
-@register("self", default=True, description="the agent's own build info, CPU and memory")
+@register("self", default=True, order=90, description="the agent's own build info, CPU and memory")
 class SelfCollector(Collector):
     """The agent's own build info, CPU seconds, resident memory, fds and threads."""
 
     METRICS = (BUILD_INFO, CPU, RSS, FDS, THREADS)
 
-    def __init__(self, config, deps: CollectorDeps | None = None) -> None:
+    def __init__(self, config: CollectorConfig, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
         self._proc = psutil.Process()
         self._python = platform.python_version()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch.exporters.base import Collector, CollectorConfig, CollectorDeps, NoDataError
 from dcwatch.exporters.registry import register
 from dcwatch.exporters.sources.hwmon import (
     SCALE,
@@ -80,7 +80,9 @@ class _Plan:
         return {r.path for r in self.reads}
 
 
-@register("thermal", default=True, description="hwmon temperatures and fans, thermal zones")
+@register(
+    "thermal", default=True, order=30, description="hwmon temperatures and fans, thermal zones"
+)
 class ThermalCollector(Collector):
     """Temperatures, thresholds, fan speeds and cooling device states."""
 
@@ -97,7 +99,7 @@ class ThermalCollector(Collector):
         COOLING_MAX,
     )
 
-    def __init__(self, config, deps: CollectorDeps | None = None) -> None:
+    def __init__(self, config: CollectorConfig, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
         self._files = FileCache()
         self._paths: set[str] = set()

@@ -23,11 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.core import Metric
 
-from dcwatch.exporters.base import Collector, CollectorDeps, NoDataError
+from dcwatch import settings as st
+from dcwatch.exporters.base import Collector, CollectorConfig, CollectorDeps, NoDataError
 from dcwatch.exporters.gpu.device import Gpu
 from dcwatch.exporters.gpu.metrics import (
     CLOCK_REASONS,
@@ -53,24 +55,48 @@ MAX_WORKERS = 8
 log = logging.getLogger("dcwatch.collector.gpu")
 
 
-@register("gpu", default=True, description="NVIDIA GPUs through NVML, with XID events")
+@dataclass(frozen=True)
+class GpuOptions:
+    processes: bool = False
+    xid_events: bool = True
+
+
+@register("gpu", default=True, order=10, description="NVIDIA GPUs through NVML, with XID events")
 class GpuCollector(Collector):
     """NVIDIA GPUs through NVML: utilisation, memory, power, clocks, PCIe, NVLink, ECC, XID."""
 
     METRICS = METRICS
+    SETTINGS = (
+        st.Setting(
+            "gpu.processes",
+            st.to_bool,
+            False,
+            "export per-process GPU memory (pid, name)",
+            is_bool=True,
+        ),
+        st.Setting(
+            "gpu.xid_events",
+            st.to_bool,
+            True,
+            "watch NVML XID events in a background thread",
+            is_bool=True,
+        ),
+    )
+    Options = GpuOptions
+    options: GpuOptions
 
-    def __init__(self, config, deps: CollectorDeps | None = None) -> None:
+    def __init__(self, config: CollectorConfig, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
         self._clock: Callable[[], float] = time.monotonic
         self._nv = Nvml(self.deps.nvml, retry_interval=60.0, clock=lambda: self._clock())
         self._interval = float(config.rediscover_interval)
-        self._procfs = Path(config.procfs) if config.gpu.processes else None
+        self._procfs = Path(config.procfs) if self.options.processes else None
         self._lock = threading.RLock()  # the GPU table
         self._gpus: list[Gpu] | None = None
         self._system: tuple[str, str] = ("", "")  # driver version, CUDA version
         self._pool: ThreadPoolExecutor | None = None
         self._thread: XidWatcher | None = None
-        if config.gpu.xid_events:
+        if self.options.xid_events:
             self._thread = XidWatcher(self._nv, self._ensure_ready, self._interval)
             self._thread.start()
 

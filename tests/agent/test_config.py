@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert DEFAULT_PORT not in (9100, 9400, 9835)
     assert c.sysfs == Path("/sys") and c.procfs == Path("/proc")
     assert "network" in c.collectors and "self" in c.collectors
-    assert not c.gpu.processes and not c.power.ipmi
+    assert not c.options["gpu"].processes and not c.options["power"].ipmi
 
 
 def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
@@ -40,13 +40,13 @@ def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
     assert c.sysfs == Path("/env/sys")  # env beats file
     assert c.procfs == Path("/file/proc")  # file beats default
     assert c.log_level == "debug"
-    assert c.network.device_exclude == "^lo$"
+    assert c.options["network"].device_exclude == "^lo$"
 
 
 def test_config_file_from_env(tmp_path: Path) -> None:
     f = write(tmp_path, "gpu:\n  processes: true\n")
     c = load_agent_config([], env={"DCWATCH_CONFIG": str(f)})
-    assert c.gpu.processes is True
+    assert c.options["gpu"].processes is True
 
 
 def test_collector_selection() -> None:

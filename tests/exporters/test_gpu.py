@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import exposition
 
-from dcwatch.agent.config import AgentConfig, GpuConfig
+from dcwatch.agent.config import AgentConfig
 from dcwatch.agent.registry import CollectorRunner
 from dcwatch.exporters.base import CollectorDeps, NoDataError
-from dcwatch.exporters.gpu.collector import CLOCK_REASONS, GpuCollector
+from dcwatch.exporters.gpu.collector import CLOCK_REASONS, GpuCollector, GpuOptions
 from tests.conftest import FIXTURES
 from tests.fakes import fake_nvml
 from tests.fakes.fake_nvml import FakeNvml
@@ -63,7 +63,7 @@ def make(tmp_path: Path) -> Iterator[Callable[..., GpuCollector]]:
         cfg = AgentConfig(
             procfs=procfs or tmp_path / "proc",
             collectors=("gpu",),
-            gpu=GpuConfig(processes=processes, xid_events=xid_events),
+            options={"gpu": GpuOptions(processes=processes, xid_events=xid_events)},
         )
         c = GpuCollector(cfg, CollectorDeps(nvml=nvml))
         c._clock = Clock()

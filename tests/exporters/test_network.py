@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from dcwatch.agent.config import DEFAULT_NET_EXCLUDE, AgentConfig, NetworkConfig
+from dcwatch.agent.config import AgentConfig
 from dcwatch.exporters import registry
 from dcwatch.exporters.base import Collector, NoDataError
-from dcwatch.exporters.network import NetworkCollector, device_filter
+from dcwatch.exporters.network import (
+    DEFAULT_NET_EXCLUDE,
+    NetworkCollector,
+    NetworkOptions,
+    device_filter,
+)
 from dcwatch.exporters.sources import netclass
 from dcwatch.exporters.sources.netclass import NetClassReader, arphrd_name, parse_flags, parse_speed
 
@@ -59,7 +64,7 @@ def scrape(c: Collector) -> Scrape:
 def collector(root: Path, **net: str | None) -> NetworkCollector:
     cfg = AgentConfig(sysfs=root / "sys", procfs=root / "proc")
     if net:
-        cfg = replace(cfg, network=replace(NetworkConfig(), **net))
+        cfg = replace(cfg, options={"network": replace(NetworkOptions(), **net)})
     return NetworkCollector(cfg)
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dcwatch.agent.config import AgentConfig, PowerConfig
+from dcwatch.agent.config import AgentConfig
 from dcwatch.exporters import registry
 from dcwatch.exporters.base import CollectorDeps, NoDataError
-from dcwatch.exporters.power import PowerCollector
+from dcwatch.exporters.power import PowerCollector, PowerOptions
 from dcwatch.exporters.sources.ipmi import DcmiPowerReading, IpmiError, parse_dcmi_power_reading
 from tests.exporters.sysfs_trees import GPU_NODE, MINIMAL_VM, copy_sys, families, scrape
 from tests.helpers import sample
@@ -281,7 +281,8 @@ class FakeIpmitool:
 
 def ipmi_config(tree: Path = MINIMAL_VM, **power: object) -> AgentConfig:
     settings = {"ipmi": True, "ipmi_timeout": 2.0, "ipmi_interval": 30.0, **power}
-    return AgentConfig(sysfs=tree / "sys", power=PowerConfig(**settings))  # type: ignore[arg-type]
+    options = PowerOptions(**settings)  # type: ignore[arg-type]
+    return AgentConfig(sysfs=tree / "sys", options={"power": options})
 
 
 def test_ipmi_reading_exported_and_cached() -> None:
