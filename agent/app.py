@@ -14,7 +14,7 @@ from dcwatch.agent.config import AgentConfig
 from dcwatch.agent.registry import CollectorRunner, build_collectors
 from dcwatch.exporters.base import Collector, CollectorDeps
 from dcwatch.exposition import metrics_response
-from dcwatch.webconfig import WebConfig, basic_auth_middleware, load_web_config
+from dcwatch.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("dcwatch.agent")
 
@@ -29,7 +29,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 def _status(app: web.Application) -> dict[str, object]:
     runner = app[RUNNER]
-    failing = sorted(n for n, s in runner.state.items() if s.last_success and not s.ok)
+    failing = runner.failing()
     return {
         "status": "degraded" if failing else "ok",
         "collectors": len(runner.collectors),
@@ -81,9 +81,7 @@ def make_app(
     ``web_config`` is the already-read web config (else read from ``config.web_config``)."""
     if web_config is None and config.web_config is not None:
         web_config = load_web_config(config.web_config)
-    middlewares = []
-    if web_config is not None and web_config.basic_auth_users:
-        middlewares.append(basic_auth_middleware(web_config.basic_auth_users))
+    middlewares = web_config.middlewares() if web_config is not None else []
     app = web.Application(middlewares=middlewares)
     app[CONFIG] = config
     app[STARTED] = time.time()

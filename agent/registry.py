@@ -4,10 +4,12 @@ each timed, failures isolated and reported as ``dcwatch_scrape_collector_success
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import Metric
@@ -48,6 +50,7 @@ class CollectorState:
     """What the last run of one collector left, for /metrics, / and /healthz."""
 
     ok: bool = False
+    runs: int = 0  # runs finished, failed or timed out: 0 = not run yet
     no_data: bool = False
     duration: float = 0.0
     last_success: float | None = None  # unix time
@@ -58,6 +61,49 @@ class CollectorState:
 def build_collectors(config: AgentConfig, deps: CollectorDeps | None = None) -> list[Collector]:
     """Instantiate the enabled collectors in table order."""
     return [registry.get(name).cls(config, deps) for name in config.collectors]
+
+
+class _Lane:
+    """One daemon thread that runs one collector's reads, one at a time.
+
+    Daemon, so a read stuck in the kernel (a hung sysfs file, a wedged driver) never keeps the
+    agent from exiting on SIGTERM; one per collector, so a stuck collector holds only its own.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=f"collector-{name}", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def submit(self, fn: Callable[[], list[Metric]]) -> asyncio.Future[list[Metric]]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Metric]] = loop.create_future()
+
+        def settle(result: list[Metric] | None, error: BaseException | None) -> None:
+            if fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result or [])
+
+        def job() -> None:
+            try:
+                result, error = fn(), None
+            except BaseException as e:  # handed to the awaiting scrape
+                result, error = None, e
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is stopping
+                loop.call_soon_threadsafe(settle, result, error)
+
+        self._jobs.put(job)
+        return fut
+
+    def stop(self) -> None:
+        self._jobs.put(None)
 
 
 class CollectorRunner:
@@ -73,9 +119,7 @@ class CollectorRunner:
         self.timeout = timeout
         self.state = {c.name: CollectorState() for c in self.collectors}
         self._inflight: dict[str, asyncio.Future[list[Metric]]] = {}
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(2, len(self.collectors) + 1), thread_name_prefix="collector"
-        )
+        self._lanes = {c.name: _Lane(c.name) for c in self.collectors}
         self._logged_nodata: set[str] = set()
 
     async def scrape(self) -> list[Metric]:
@@ -85,16 +129,16 @@ class CollectorRunner:
         return out
 
     async def _run(self, c: Collector) -> list[Metric]:
-        loop = asyncio.get_running_loop()
         fut = self._inflight.get(c.name)
         if fut is None or fut.done():
-            fut = loop.run_in_executor(self._pool, self._collect, c)
+            fut = self._lanes[c.name].submit(lambda: self._collect(c))
             self._inflight[c.name] = fut
         st = self.state[c.name]
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
         except asyncio.TimeoutError:
             st.ok = False
+            st.runs += 1
             st.failures += 1
             st.last_error = f"timed out after {self.timeout:g}s"
             log.warning(
@@ -121,6 +165,7 @@ class CollectorRunner:
             raise
         st.duration = time.perf_counter() - t0
         st.ok = True
+        st.runs += 1
         st.last_success = time.time()
         st.last_error = ""
         return metrics
@@ -128,6 +173,7 @@ class CollectorRunner:
     def _failed(self, c: Collector, e: BaseException) -> list[Metric]:
         st = self.state[c.name]
         st.ok = False
+        st.runs += 1
         st.failures += 1
         st.last_error = f"{type(e).__name__}: {e}"
         log.error(
@@ -148,10 +194,24 @@ class CollectorRunner:
             f.add(FAILURES, st.failures, c.name)
         return f
 
+    def failing(self) -> list[str]:
+        """Collectors whose last run failed or timed out (never-run ones are not judged yet)."""
+        return sorted(n for n, s in self.state.items() if s.runs and not s.ok)
+
+    def stuck(self) -> list[str]:
+        """Collectors whose read is still running (e.g. blocked in a hung sysfs file)."""
+        return sorted(n for n, f in self._inflight.items() if not f.done())
+
     def close(self) -> None:
+        stuck = set(self.stuck())
         for c in self.collectors:
+            if c.name in stuck:
+                # close() could block on the same hung resource; its daemon thread dies with us
+                log.warning("collector %s is still blocked in a read; not waiting for it", c.name)
+                continue
             try:
                 c.close()
             except Exception:
                 log.exception("closing collector %s", c.name)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for lane in self._lanes.values():
+            lane.stop()

@@ -1,0 +1,66 @@
+"""A sensor read that never returns (a FIFO stands in for a wedged sysfs file): the scrape goes
+on without that collector, /healthz names it, and SIGTERM still ends the agent in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.e2e.dcwatch_procs import copy_tree
+from tests.procs import Proc
+
+
+def hang(path: Path) -> None:
+    """Replace a sysfs file with a FIFO that nobody writes: opening it blocks forever."""
+    path.unlink()
+    os.mkfifo(path)
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=15) as r:
+        return r.read()
+
+
+def test_hung_reads_degrade_health_and_do_not_block_shutdown(tmp_path: Path) -> None:
+    root = copy_tree("gpu-node-a", tmp_path)
+    hang(root / "sys/devices/virtual/thermal/thermal_zone0/temp")
+    hang(next((root / "sys/class/net").iterdir()).resolve() / "carrier")
+
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "dcwatch.cli",
+            "agent",
+            f"--listen=127.0.0.1:{port}",
+            f"--sysfs={root / 'sys'}",
+            f"--procfs={root / 'proc'}",
+            "--collector-timeout=1s",
+        ]
+
+    agent = Proc("dcwatch-agent", argv, tmp_path, ready_path="/healthz").start()
+    try:
+        t0 = time.monotonic()
+        body = get(agent.url + "/metrics").decode()
+        assert time.monotonic() - t0 < 10
+        assert 'dcwatch_scrape_collector_success{collector="thermal"} 0.0' in body
+        assert 'dcwatch_scrape_collector_success{collector="network"} 0.0' in body
+        assert 'dcwatch_scrape_collector_success{collector="power"} 1.0' in body
+        assert "dcwatch_rapl_energy_joules_total" in body or "dcwatch_hwmon" in body
+        health = json.loads(get(agent.url + "/healthz"))
+        assert health["status"] == "degraded"
+        assert set(health["failing"]) >= {"thermal", "network"}
+        assert "power" not in health["failing"]
+        assert agent.popen is not None
+        agent.popen.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        agent.popen.wait(15)
+        assert time.monotonic() - t0 < 8, "SIGTERM took too long"
+        assert agent.popen.returncode == 0
+    finally:
+        agent.kill()
