@@ -10,22 +10,60 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dcwatch import sdnotify
 
 log = logging.getLogger("dcwatch")
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Messages on one line: a newline inside a value (a target's label, a URL, a peer's input)
+    is escaped, so no input can forge or split a log line. Tracebacks stay multi-line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class _BadRequestFilter(logging.Filter):
+    """aiohttp logs every malformed request (a port scan, TLS on the HTTP port, a 20 KB URL) as an
+    error with a 15-line traceback. Make that one warning line, at most one per ``interval``
+    seconds with the count of those held back: the 400 answer already went to the peer."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last = -float("inf")
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._held += 1
+            return False
+        held, self._held, self._last = self._held, 0, now
+        code = getattr(exc, "code", 400)
+        record.msg = "malformed HTTP request answered %s (%s)%s"
+        record.args = (code, type(exc).__name__, f"; {held} more since the last" if held else "")
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(level: str) -> None:
     """Plain, greppable lines on stderr (journald and kubectl logs add the timestamps' context)."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_BadRequestFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 class ListenError(OSError):
@@ -43,7 +81,11 @@ async def serve_app(
 ) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT, then clean up."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        await runner.cleanup()  # closes the app's cleanup contexts that did start
+        raise
     try:
         await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True).start()
     except OSError as e:
