@@ -22,9 +22,28 @@ from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 
 from dcwatch.detectors.models.isolation import IsolationForestDetector
+from dcwatch.detectors.models.persist import (
+    State,
+    array,
+    expect,
+    integer,
+    number,
+    optional_section,
+    params,
+    section,
+    strings,
+)
 from dcwatch.detectors.models.residual import RobustResidualDetector
 
 SURPRISE_CLIP = 10.0
+# A fitted PCA's arrays (transform and inverse_transform read the first three).
+_PCA_ARRAYS = (
+    "components_",
+    "mean_",
+    "explained_variance_",
+    "explained_variance_ratio_",
+    "singular_values_",
+)
 
 
 class EnsembleDetector(OutlierMixin, BaseEstimator):
@@ -126,3 +145,65 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def state(self) -> State:
+        """The fitted ensemble as data (``dcwatch.detectors.models.persist``)."""
+        check_is_fitted(self, "residual_")
+        return {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "residual": self.residual_.state(),
+            "iforest": None if self.iforest_ is None else self.iforest_.state(),
+            "pca": None if self.pca_ is None else _pca_state(self.pca_),
+            "channel_names": list(self.channel_names_),
+            "center": self.center_,
+            "spread": self.spread_,
+            "offset": self.offset_,
+        }
+
+    @classmethod
+    def from_state(cls, state: State) -> EnsembleDetector:
+        det = cls(**params(state))
+        det.n_features_in_ = integer(state, "n_features_in")
+        det.residual_ = RobustResidualDetector.from_state(section(state, "residual"))
+        forest = optional_section(state, "iforest")
+        det.iforest_ = None if forest is None else IsolationForestDetector.from_state(forest)
+        pca = optional_section(state, "pca")
+        det.pca_ = None if pca is None else _pca_from_state(pca)
+        det.channel_names_ = strings(state, "channel_names")
+        det.center_ = array(state, "center", np.float64, 1)
+        det.spread_ = array(state, "spread", np.float64, 1)
+        det.offset_ = number(state, "offset")
+        d = det.n_features_in_
+        expect(det.residual_.n_features_in_ == d, "the residual detector sees every feature")
+        for part in (det.iforest_, det.pca_):
+            expect(part is None or part.n_features_in_ == 2 * d, "channels see both sides")
+        expected = ["residual"] + ["iforest"] * (forest is not None) + ["pca"] * (pca is not None)
+        expect(det.channel_names_ == expected, f"channels {expected}")
+        expect(det.center_.shape == det.spread_.shape == (len(expected),), "scale per channel")
+        return det
+
+
+def _pca_state(pca: PCA) -> State:
+    return {
+        "params": pca.get_params(),
+        "n_features_in": pca.n_features_in_,
+        "n_components": int(pca.n_components_),
+        "n_samples": int(pca.n_samples_),
+        "noise_variance": float(pca.noise_variance_),
+        **{name.rstrip("_"): getattr(pca, name) for name in _PCA_ARRAYS},
+    }
+
+
+def _pca_from_state(state: State) -> PCA:
+    pca = PCA(**params(state))
+    pca.n_features_in_ = integer(state, "n_features_in")
+    pca.n_components_ = integer(state, "n_components")
+    pca.n_samples_ = integer(state, "n_samples")
+    pca.noise_variance_ = number(state, "noise_variance")
+    for name in _PCA_ARRAYS:
+        ndim = 2 if name == "components_" else 1
+        setattr(pca, name, array(state, name.rstrip("_"), np.float64, ndim))
+    k, d = pca.n_components_, pca.n_features_in_
+    expect(pca.components_.shape == (k, d) and pca.mean_.shape == (d,), "components are (k, d)")
+    return pca

@@ -3,7 +3,8 @@ thread (``workers: 0``), or Dask.
 
 Fits take seconds and must never block scoring: the scoring loop only awaits a future. The
 function shipped to workers is a plain top-level function of (frame, config) returning the
-model's bytes, so it pickles to a process pool and to Dask alike.
+model's bytes, so it pickles to a process pool and to Dask alike; the bytes are ``NodeModel.dumps``
+(data, the format kept on disk), so what comes back from a worker is never unpickled into a model.
 """
 
 from __future__ import annotations
@@ -85,11 +86,17 @@ class FitBackend:
 
 
 class ModelStore:
-    """Fitted models on disk, one file per node, replaced atomically (write, fsync, rename)."""
+    """Fitted models on disk, one file per node, replaced atomically (write, fsync, rename).
+
+    A file is the instance name, a newline, then ``NodeModel.dumps`` (data, read without running
+    code). One that cannot be read (damaged, another format version, a pickle from before version
+    2) is moved aside to ``*.corrupt`` and counted in ``set_aside``; its node is fitted afresh.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.set_aside = 0
 
     def _path(self, instance: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in instance)
@@ -110,14 +117,22 @@ class ModelStore:
             raise
 
     def load_all(self) -> dict[str, NodeModel]:
-        """Every readable model; a corrupt file is moved aside and logged, not fatal."""
+        """Every readable model; an unreadable file is moved aside and logged, not fatal."""
         models: dict[str, NodeModel] = {}
         for path in sorted(self.dir.glob("*.model")):
             try:
-                data = path.read_bytes()
-                name, _, blob = data.partition(b"\n")
+                name, _, blob = path.read_bytes().partition(b"\n")
                 models[name.decode()] = NodeModel.loads(blob)
             except Exception as e:  # any damage: set the file aside and refit
-                log.error("model file %s unreadable (%s); moved aside, node refits", path, e)
-                path.rename(path.with_suffix(".corrupt"))
+                self._set_aside(path, e)
         return models
+
+    def _set_aside(self, path: Path, error: Exception) -> None:
+        aside = path.with_suffix(".corrupt")
+        try:
+            path.rename(aside)
+            where = f"moved aside to {aside.name}"
+        except OSError as e:
+            where = f"could not be moved aside ({e})"
+        self.set_aside += 1
+        log.error("model file %s unreadable (%s); %s, node will be refitted", path, error, where)

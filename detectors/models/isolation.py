@@ -14,6 +14,16 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted
 
+from dcwatch.detectors.models.persist import (
+    State,
+    array,
+    expect,
+    integer,
+    number,
+    params,
+    section,
+)
+
 _EULER_GAMMA = 0.5772156649015329
 
 
@@ -80,6 +90,40 @@ class PackedForest:
         self.roots = np.asarray(roots, dtype=np.int32)
         self.max_depth = max_depth
         self.norm = float(average_path_length(np.array([forest.max_samples_]))[0])
+
+    def state(self) -> State:
+        return {
+            "children": self.children,
+            "feature": self.feature,
+            "threshold": self.threshold,
+            "value": self.value,
+            "roots": self.roots,
+            "max_depth": self.max_depth,
+            "norm": self.norm,
+        }
+
+    @classmethod
+    def from_state(cls, state: State) -> PackedForest:
+        packed = cls.__new__(cls)  # __init__ packs a scikit-learn forest; here the arrays are given
+        packed.children = array(state, "children", np.int32, 1)
+        packed.feature = array(state, "feature", np.int32, 1)
+        packed.threshold = array(state, "threshold", np.float32, 1)
+        packed.value = array(state, "value", np.float32, 1)
+        packed.roots = array(state, "roots", np.int32, 1)
+        packed.max_depth = integer(state, "max_depth")
+        packed.norm = number(state, "norm")
+        n = len(packed.feature)
+        expect(
+            packed.children.shape == (2 * n,)
+            and packed.threshold.shape == packed.value.shape == (n,),
+            "two children, a threshold and a value per tree node",
+        )
+        # Indices out of range would fail (or read garbage) at every scoring pass instead.
+        for name in ("children", "roots"):
+            idx = getattr(packed, name)
+            expect(not idx.size or (idx.min() >= 0 and idx.max() < n), f"{name} index tree nodes")
+        expect(packed.max_depth >= 0 and (not n or packed.feature.min() >= 0), "valid features")
+        return packed
 
     def mean_path_length(self, X: np.ndarray) -> np.ndarray:
         """Average path length of each row over the trees."""
@@ -164,6 +208,28 @@ class IsolationForestDetector(OutlierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def state(self) -> State:
+        """The fitted detector as data: the packed trees, not scikit-learn's."""
+        check_is_fitted(self, "packed_")
+        return {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "offset": self.offset_,
+            "packed": self.packed_.state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: State) -> IsolationForestDetector:
+        det = cls(**params(state))
+        det.n_features_in_ = integer(state, "n_features_in")
+        det.offset_ = number(state, "offset")
+        det.packed_ = PackedForest.from_state(section(state, "packed"))
+        expect(
+            not len(det.packed_.feature) or int(det.packed_.feature.max()) < det.n_features_in_,
+            "split features within the input",
+        )
+        return det
 
     def __getstate__(self) -> dict:
         # The packed arrays are all scoring needs; the sklearn trees would double the size on disk.

@@ -13,10 +13,9 @@ gives the same result. ``score_batch`` scores many nodes in one call.
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -40,9 +39,13 @@ from dcwatch.detectors.features import (
     frame_arrays,
     varying_columns,
 )
+from dcwatch.detectors.models import persist
 from dcwatch.detectors.models.ensemble import EnsembleDetector
+from dcwatch.detectors.models.persist import State, array, expect, integer, number, section
 
-STATE_VERSION = 1
+STATE_FORMAT = "dcwatch.node-model"
+# 1 was a pickle; 2 is the ``persist`` container (JSON header + arrays, nothing executed on load).
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class NotFittedError(RuntimeError):
 
 
 class NodeModel:
-    """One node's fitted detector with its streaming state; picklable."""
+    """One node's fitted detector with its streaming state; ``dumps`` saves both as data."""
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config or ModelConfig()
@@ -249,17 +252,71 @@ class NodeModel:
 
     # -- persistence -----------------------------------------------------------------------------
     def dumps(self) -> bytes:
-        """The whole model and its streaming state as bytes (write them atomically)."""
-        return pickle.dumps({"version": STATE_VERSION, "model": self}, protocol=5)
+        """The whole model and its streaming state as bytes (write them atomically); data only,
+        read back by ``loads`` without executing anything (``dcwatch.detectors.models.persist``)."""
+        return persist.pack(STATE_FORMAT, STATE_VERSION, self.state())
 
-    @staticmethod
-    def loads(blob: bytes) -> NodeModel:
-        obj = pickle.loads(blob)
-        if not isinstance(obj, dict) or obj.get("version") != STATE_VERSION:
-            raise ValueError("unsupported model state version")
-        model = obj["model"]
-        if not isinstance(model, NodeModel):
-            raise ValueError("state does not hold a NodeModel")
+    @classmethod
+    def loads(cls, blob: bytes) -> NodeModel:
+        """The model ``dumps`` wrote; ``persist.StateError`` (a ``ValueError``) for anything else:
+        another version, a pickle from before version 2, a damaged or foreign file."""
+        state = persist.unpack(blob, STATE_FORMAT, STATE_VERSION)
+        try:
+            return cls.from_state(state)
+        except persist.StateError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            # e.g. a hyper-parameter the estimator does not take
+            raise persist.StateError(f"unusable state: {e}") from e
+
+    def state(self) -> State:
+        """Configuration, fitted parts and streaming state (history, score tail, alert)."""
+        out: State = {
+            "config": persist.config_state(self.config),
+            "fitted": self.fitted,
+        }
+        if not self.fitted:
+            return out
+        return out | {
+            "features": persist.features_state(self.features_),
+            "detector": self.detector_.state(),
+            "threshold": persist.config_state(self.threshold_),
+            "train_rows": self.train_rows_,
+            "train_days": self.train_days_,
+            "fit_seconds": self.fit_seconds_,
+            "fitted_at": self.fitted_at_,
+            "last_ts": self.last_ts_,
+            "history": {"ts": self.history_.ts, "values": self.history_.values},
+            "score_tail": self.score_tail_,
+            "alert": persist.config_state(self.alert_),
+        }
+
+    @classmethod
+    def from_state(cls, state: State) -> NodeModel:
+        model = cls(persist.config_from(ModelConfig, section(state, "config")))
+        if not persist.flag(state, "fitted"):
+            return model
+        model.features_ = persist.features_from_state(section(state, "features"))
+        model.detector_ = EnsembleDetector.from_state(section(state, "detector"))
+        thr = section(state, "threshold")
+        model.threshold_ = Threshold(*(number(thr, f.name) for f in fields(Threshold)))
+        model.train_rows_ = integer(state, "train_rows")
+        model.train_days_ = number(state, "train_days")
+        model.fit_seconds_ = number(state, "fit_seconds")
+        model.fitted_at_ = number(state, "fitted_at")
+        model.last_ts_ = number(state, "last_ts")
+        hist = section(state, "history")
+        model.history_ = History(
+            ts=array(hist, "ts", np.float64, 1), values=array(hist, "values", np.float64, 2)
+        )
+        model.score_tail_ = array(state, "score_tail", np.float64, 1)
+        model.alert_ = persist.config_from(AlertState, section(state, "alert"))
+        n = len(model.features_.columns_)
+        h = model.history_
+        expect(h.values.shape == (len(h.ts), n), "history is (rows, columns)")
+        expect(model.detector_.n_features_in_ == model.features_.n_features, "detector fits")
+        expect(model.threshold_.value > 0, "a positive threshold")
+        model.fitted = True
         return model
 
 

@@ -19,6 +19,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from dcwatch.detectors.models.persist import State, array, expect, integer, number, params
+
 # Quantile levels of the one-sided deviation at which the surprise is known exactly.
 LEVELS = np.array([0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999])
 
@@ -108,6 +110,31 @@ class RobustResidualDetector(OutlierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def state(self) -> State:
+        """The fitted detector as data (``dcwatch.detectors.models.persist``)."""
+        check_is_fitted(self, "grid_")
+        return {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "grid": self.grid_,
+            "knots": self.knots_,
+            "tail_scale": self.tail_scale_,
+            "offset": self.offset_,
+        }
+
+    @classmethod
+    def from_state(cls, state: State) -> RobustResidualDetector:
+        det = cls(**params(state))
+        det.n_features_in_ = integer(state, "n_features_in")
+        det.grid_ = array(state, "grid", np.float64, 2)
+        det.knots_ = array(state, "knots", np.float64, 1)
+        det.tail_scale_ = array(state, "tail_scale", np.float64, 1)
+        det.offset_ = number(state, "offset")
+        m = 2 * det.n_features_in_
+        expect(det.grid_.shape == (len(det.knots_), m) and len(det.knots_) > 0, "grid is (K, 2d)")
+        expect(det.tail_scale_.shape == (m,), "one tail scale per feature side")
+        return det
 
 
 def surprise(D: np.ndarray, grid: np.ndarray, knots: np.ndarray, tail: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dcwatch.detectors.frame import Frame
-from dcwatch.detectors.models.fitting import FitBackend, ModelStore
+from dcwatch.detectors.models.fitting import FitBackend, ModelStore, fit_group, fit_model
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
 
 
@@ -27,11 +27,22 @@ async def check_backend(backend: FitBackend) -> None:
     finally:
         await backend.close()
     assert model.fitted and model.series == ["a", "b", "c"]
-    # The model returned from the worker scores like one fitted here.
+    # The model returned from the worker scores exactly like one fitted here.
     local = NodeModel(ModelConfig()).fit(frame())
     nxt = frame(420, seed=1)
     rows = Frame(nxt.times[400:], nxt.columns, nxt.values[400:])
-    assert np.allclose(model.score(rows).raw, local.score(rows).raw)
+    got, want = model.score(rows), local.score(rows)
+    assert np.array_equal(got.raw, want.raw) and np.array_equal(got.score, want.score)
+
+
+def test_workers_return_models_as_data_not_pickles() -> None:
+    blob = fit_model(frame(), ModelConfig())
+    assert blob.startswith(b"PK\x03\x04")  # the saved-state container (a zip), not b"\x80"
+    assert NodeModel.loads(blob).series == ["a", "b", "c"]
+    blobs = fit_group({"x": frame(), "y": frame(seed=2)}, ModelConfig(), {"x": None, "y": None})
+    assert all(b.startswith(b"PK\x03\x04") for b in blobs.values())
+    x, y = (NodeModel.loads(b) for b in blobs.values())
+    assert x.threshold_ == y.threshold_
 
 
 async def test_thread_backend() -> None:
@@ -58,13 +69,17 @@ def test_model_store_round_trip_and_corruption(tmp_path: Path, caplog) -> None:
     store.save("[::1]:9478", model)
     loaded = store.load_all()
     assert set(loaded) == {"gpu-node-7:9478", "[::1]:9478"}
-    assert loaded["gpu-node-7:9478"].series == model.series
-    # A damaged file is set aside (not fatal); the node simply refits.
+    nxt = frame(420, seed=1)
+    rows = Frame(nxt.times[400:], nxt.columns, nxt.values[400:])
+    assert np.array_equal(loaded["gpu-node-7:9478"].score(rows).score, model.score(rows).score)
+    assert store.set_aside == 0
+    # A damaged file is set aside (not fatal, counted); the node simply refits.
     victim = next((tmp_path / "models").glob("gpu-node-7*.model"))
-    victim.write_bytes(b"gpu-node-7:9478\nnot a pickle")
+    victim.write_bytes(b"gpu-node-7:9478\nnot a model")
     loaded = store.load_all()
     assert set(loaded) == {"[::1]:9478"}
-    assert victim.with_suffix(".corrupt").exists()
-    assert "unreadable" in caplog.text
+    assert victim.with_suffix(".corrupt").exists() and not victim.exists()
+    assert store.set_aside == 1
+    assert "unreadable" in caplog.text and "refitted" in caplog.text
     # No temporary files are left behind by atomic writes.
     assert not list((tmp_path / "models").glob(".tmp-*"))
