@@ -9,12 +9,16 @@ build their frozen config dataclasses from these tables.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dcwatch import __version__
+from dcwatch.durations import format_duration, parse_duration
 
 ENV_PREFIX = "DCWATCH_"
 
@@ -38,6 +42,8 @@ class Setting:
     flag: str | None = None
     is_bool: bool = False
     is_list: bool = False
+    # How help writes the default; None: inferred from ``convert`` and the default's type.
+    show: Callable[[Any], str] | None = None
 
     @property
     def flag_name(self) -> str:
@@ -72,34 +78,29 @@ def to_int(v: Any) -> int:
 
 
 def to_positive_float(v: Any) -> float:
-    f = _duration_or_float(v)
-    if not f > 0:
-        raise ValueError(f"expected a positive number, got {v!r}")
+    """A duration > 0 in seconds: ``90``, ``1.5``, ``90s``, ``1h30m`` (:mod:`dcwatch.durations`)."""
+    f = parse_duration(v)
+    if f == 0:
+        raise ValueError(f"expected a duration > 0, got {v!r}")
     return f
 
 
 def to_nonneg_float(v: Any) -> float:
-    f = _duration_or_float(v)
-    if f < 0:
-        raise ValueError(f"expected a number >= 0, got {v!r}")
+    """A duration >= 0 in seconds, in the same grammar as :func:`to_positive_float`."""
+    return parse_duration(v)
+
+
+def to_positive_number(v: Any) -> float:
+    """A finite number > 0 without a unit (a factor, a rate, watts); also from ``"80e9"``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"expected a positive number, got {v!r}")
+    try:
+        f = float(v)
+    except (ValueError, OverflowError):
+        raise ValueError(f"expected a positive number, got {v!r}") from None
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"expected a finite number > 0, got {v!r}")
     return f
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-def _duration_or_float(v: Any) -> float:
-    """Accept plain numbers (seconds) or Prometheus-style durations such as ``15s``, ``7d``."""
-    if isinstance(v, bool):
-        raise ValueError("expected a number, got a boolean")
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        m = _DURATION.match(v)
-        if m:
-            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    raise ValueError(f"expected a number or a duration like 15s / 5m / 7d, got {v!r}")
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -168,10 +169,22 @@ def one_of(*choices: str) -> Callable[[Any], str]:
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE`` (also ``DCWATCH_CONFIG``): the YAML file under the env and flags."""
+    """``--config FILE`` (also ``DCWATCH_CONFIG``) and ``--version``, common to every service."""
     parser.add_argument(
-        "--config", type=Path, default=None, help=f"YAML config file (env {ENV_PREFIX}CONFIG)"
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"YAML config file (env {ENV_PREFIX}CONFIG)",
     )
+    parser.add_argument(
+        "--version", action="version", version=version_line(), help="print the version and exit"
+    )
+
+
+def version_line() -> str:
+    """What every ``--version`` prints."""
+    return f"dcwatch {__version__}"
 
 
 def config_file(args: argparse.Namespace, env: Mapping[str, str]) -> Path | None:
@@ -190,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> 
                 action="append",
                 default=None,
                 metavar="NAME[,NAME]",
-                help=f"{s.help} (repeatable; default {_show(s.default)}; env {s.env_name})",
+                help=f"{s.help} (repeatable; default {show_default(s)}; env {s.env_name})",
             )
         elif s.is_bool:
             parser.add_argument(
@@ -198,22 +211,53 @@ def add_arguments(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> 
                 dest=s.dest,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{s.help} (env {s.env_name})",
+                help=f"{s.help} (default {show_default(s)}; env {s.env_name})",
             )
         else:
             parser.add_argument(
                 s.flag_name,
                 dest=s.dest,
                 default=None,
-                metavar="VALUE",
-                help=f"{s.help} (default {_show(s.default)}; env {s.env_name})",
+                metavar=_metavar(s),
+                help=f"{s.help} (default {show_default(s)}; env {s.env_name})",
             )
 
 
-def _show(v: Any) -> str:
-    if isinstance(v, tuple):
-        return ",".join(map(str, v)) or "none"
-    return "none" if v is None else str(v)
+def _is_duration(s: Setting) -> bool:
+    return s.convert in (to_positive_float, to_nonneg_float)
+
+
+def _metavar(s: Setting) -> str:
+    if s.convert is to_host_port:
+        return "HOST:PORT"
+    if _is_duration(s):
+        return "DURATION"
+    if s.convert in (to_path, to_optional_path):
+        return "PATH"
+    return "VALUE"
+
+
+def show_default(s: Setting) -> str:
+    """The default as a user would type it: ``0.0.0.0:9478``, ``5s``, ``a,b``, ``none``."""
+    return _show(s).replace("%", "%%")  # argparse %-formats help texts
+
+
+def _show(s: Setting) -> str:
+    v = s.default
+    if s.show is not None:
+        return s.show(v)
+    if v is None or v == "" or v == ():
+        return "none"
+    if s.convert is to_host_port:
+        host, port = v
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if _is_duration(s):
+        return format_duration(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(str, v))
+    return str(v)
 
 
 def read_yaml_file(path: Path) -> dict[str, Any]:

@@ -97,7 +97,7 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
     Setting("model.refit_interval", st.to_positive_float, 86400.0, "refit each node this often"),
     Setting(
         "model.alerts_per_week",
-        st.to_positive_float,
+        st.to_positive_number,
         0.35,
         "target false-alert rate per node; calibrates the threshold on training scores",
     ),

@@ -92,7 +92,7 @@ ALERTING_SETTINGS: tuple[Setting, ...] = (
     Setting("alerting.alertmanagers", st.to_str_list, (), "Alertmanager base URL", is_list=True),
     Setting("alerting.timeout", st.to_positive_float, 10.0, "seconds per POST to Alertmanager"),
     Setting("alerting.resend_interval", st.to_positive_float, 60.0, "seconds between resends"),
-    Setting("alerting.ends_at_factor", st.to_positive_float, 4.0, "endsAt = now + this x resend"),
+    Setting("alerting.ends_at_factor", st.to_positive_number, 4.0, "endsAt = now + this x resend"),
     Setting("alerting.resolved_resends", st.to_int, 3, "deliveries of a resolved alert"),
     Setting("alerting.queue_max", st.to_int, 10_000, "alerts held while undelivered, at most"),
     Setting("alerting.retry_initial", st.to_positive_float, 1.0, "first retry delay (seconds)"),

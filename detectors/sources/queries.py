@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from dcwatch import durations
+
 log = logging.getLogger("dcwatch.analyzer.queries")
 
 AGGREGATIONS = {"sum": "sum", "max": "max", "min": "min", "avg": "mean", "mean": "mean"}
@@ -47,8 +49,6 @@ _FUNC_RE = re.compile(
 _SEL_RE = re.compile(r"^(?P<metric>[A-Za-z_:][\w:]*)\s*(?:\{(?P<matchers>.*)\})?$", re.S)
 _MATCHER_RE = re.compile(r'\s*([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 _LABEL_RE = re.compile(r'([A-Za-z_]\w*)\s*=\s*"((?:[^"\\]|\\.)*)"')
-_DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 DEFAULT_QUERIES_FILE = "default_queries.yaml"
 
@@ -69,11 +69,11 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def parse_duration(text: str) -> float:
-    """PromQL duration (``2m``, ``1h30m``, ``90s``) in seconds."""
-    parts = _DURATION_RE.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise QueryError(f"bad duration {text!r}")
-    return float(sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
+    """A range window (``2m``, ``1h30m``, ``90s``) in seconds, in dcwatch's one duration grammar."""
+    try:
+        return durations.parse_duration(text)
+    except ValueError as e:
+        raise QueryError(f"bad duration: {e}") from None
 
 
 @dataclass(frozen=True)
