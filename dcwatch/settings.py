@@ -263,15 +263,18 @@ def _show(s: Setting) -> str:
 def read_yaml_file(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, raising :class:`ConfigError` that names the file."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
     import yaml  # only when a file is given: an agent run from flags never loads it
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+        detail = " ".join(str(e).split())  # one line: the error quotes the file's own lines
+        raise ConfigError(f"config file {path}: not valid YAML: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -179,6 +179,9 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
 
     parse_rules(rules, f"{where}: capacity_rules")  # refuse a bad rule before anything starts
     state_dir: Path = v["state_dir"]
+    _check_state_dir(state_dir, where)
+    _check_targets(v["targets"], v["targets_file"], where)
+    _check_queries_file(v["queries_file"], where)
 
     def section(prefix: str) -> dict[str, Any]:
         return {k[len(prefix) + 1 :]: val for k, val in v.items() if k.startswith(prefix + ".")}
@@ -230,3 +233,62 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
         capacity_rules=tuple(rules),
         source=str(file) if file else "flags/env",
     )
+
+
+# --- checks of what the values point at: each a ConfigError naming the key, never a traceback --
+
+
+def _check_state_dir(path: Path, where: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{where}: key 'state_dir': {path} exists and is not a directory")
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: key 'state_dir': {probe} is not writable")
+
+
+def _check_targets(targets: Sequence[str], targets_file: Path | None, where: str) -> None:
+    from dcwatch.detectors.sources.scraper import parse_targets_file, target_url
+
+    for t in targets:
+        try:
+            _http_url(target_url(t))
+        except ValueError as e:
+            raise ConfigError(f"{where}: key 'targets': {_clean(e)}") from None
+    if targets_file is None:
+        return
+    try:
+        text = targets_file.read_text(encoding="utf-8")
+        for url in parse_targets_file(text):
+            _http_url(url)
+    except OSError as e:
+        raise ConfigError(
+            f"{where}: key 'targets_file': cannot read {targets_file}: {e.strerror or e}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{where}: key 'targets_file': {targets_file} is not UTF-8 text"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"{where}: key 'targets_file': {targets_file}: {_clean(e)}") from None
+
+
+def _http_url(url: str) -> None:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"target {url!r}: scheme must be http or https")
+
+
+def _clean(e: Exception) -> str:
+    """An error message on one line (it may quote a value from a file)."""
+    return " ".join(str(e).split())
+
+
+def _check_queries_file(path: Path | None, where: str) -> None:
+    if path is None:
+        return
+    from dcwatch.detectors.sources.queries import QueryError, load_queries
+
+    try:
+        load_queries(path)
+    except QueryError as e:
+        raise ConfigError(f"{where}: key 'queries_file': {_clean(e)}") from None

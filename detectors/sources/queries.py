@@ -191,9 +191,11 @@ def load_queries(path: Path | str | None = None) -> tuple[NamedQuery, ...]:
         source = f"detectors/{DEFAULT_QUERIES_FILE}"
     else:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise QueryError(f"cannot read queries file {path}: {e.strerror}") from e
+            raise QueryError(f"cannot read queries file {path}: {e.strerror or e}") from e
+        except UnicodeDecodeError:
+            raise QueryError(f"queries file {path}: not UTF-8 text") from None
         source = str(path)
     try:
         data = yaml.safe_load(text)
