@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from dcwatch.agent.app import make_app
@@ -62,7 +64,28 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     except ListenError as e:
         log.error("%s", e)
         return 1
+    _exit_if_reads_hang()
     return 0
+
+
+def _exit_if_reads_hang(grace: float = 2.0) -> None:
+    """Stop now even if a hardware read (an NVML call, a driver ioctl) never returns.
+
+    Python joins non-daemon threads at exit, so one thread stuck in the kernel would keep a
+    stopped agent alive for ever. Give them ``grace`` seconds, then leave without joining.
+    """
+    deadline = time.monotonic() + grace
+    stuck = []
+    for t in threading.enumerate():
+        if t is threading.main_thread() or t.daemon:
+            continue
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            stuck.append(t.name)
+    if stuck:
+        log.warning("exiting with %d read(s) still blocked: %s", len(stuck), ", ".join(stuck))
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":

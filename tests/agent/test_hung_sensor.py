@@ -7,9 +7,12 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.dcwatch_procs import copy_tree
 from tests.procs import Proc
@@ -64,3 +67,26 @@ def test_hung_reads_degrade_health_and_do_not_block_shutdown(tmp_path: Path) -> 
         assert agent.popen.returncode == 0
     finally:
         agent.kill()
+
+
+def test_a_thread_stuck_in_a_read_does_not_keep_the_agent_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dcwatch.agent import __main__ as agent_main
+
+    exits: list[int] = []
+    monkeypatch.setattr(agent_main.os, "_exit", exits.append)
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, name="nvml-read", daemon=False)
+    stuck.start()
+    try:
+        t0 = time.monotonic()
+        agent_main._exit_if_reads_hang(grace=0.2)
+        assert exits == [0]
+        assert time.monotonic() - t0 < 2
+    finally:
+        release.set()
+        stuck.join()
+    exits.clear()
+    agent_main._exit_if_reads_hang(grace=0.2)  # nothing stuck: a normal return
+    assert exits == []
