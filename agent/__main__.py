@@ -84,7 +84,8 @@ def _exit_if_reads_hang(grace: float = 2.0) -> None:
             stuck.append(t.name)
     if stuck:
         log.warning("exiting with %d read(s) still blocked: %s", len(stuck), ", ".join(stuck))
-        logging.shutdown()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         os._exit(0)
 
 
