@@ -1,10 +1,11 @@
 """Per-node frames on a regular time grid, and the steps that turn raw samples into them.
 
-Both sources (:mod:`dcwatch.detectors.sources.prometheus`, :mod:`dcwatch.detectors.sources.scraper`)
-return ``dict[instance, Frame]``. A :class:`Frame` is plain numpy: ``times`` (epoch seconds, a
-regular grid aligned to multiples of the step), ``columns`` (named series) and ``values`` (rows =
-times, columns = series, ``NaN`` = no data): 1,000 of them (240 x 30) build in ~1 ms against ~80 ms
-for DataFrames, and a scoring pass reading each node's last row is ~40x cheaper.
+Both sources (:mod:`dcwatch.detectors.sources.prometheus`, :mod:`dcwatch.detectors.sources.scraper`,
+protocol :class:`dcwatch.detectors.sources.base.Source`) return ``dict[instance, Frame]``. A
+:class:`Frame` is plain numpy: ``times`` (epoch seconds, a regular grid aligned to multiples of the
+step), ``columns`` (named series) and ``values`` (rows = times, columns = series, ``NaN`` = no
+data): 1,000 of them (240 x 30) build in ~1 ms against ~80 ms for DataFrames, and a scoring pass
+reading each node's last row is ~40x cheaper.
 :meth:`Frame.to_pandas` gives a DataFrame when wanted.
 
 Column names: the query's name, or ``name{label="value"}`` when the query splits series within a
@@ -26,7 +27,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -70,20 +71,6 @@ class Frame:
 
         index = pd.to_datetime(self.times, unit="s", utc=True)
         return pd.DataFrame(self.values, index=index, columns=list(self.columns))
-
-
-class Source(Protocol):
-    """What the analyzer reads from: per instance, a frame on the grid of ``[start, end]``."""
-
-    async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]: ...
-
-    async def latest(self, step: float, points: int, now: float | None = None) -> dict[str, Frame]:
-        """The last ``points`` grid steps up to ``now``: what a scoring pass needs."""
-        ...
-
-
-class SourceError(Exception):
-    """The source could not answer at all (Prometheus unreachable, store unreadable)."""
 
 
 # --- grid and column names ------------------------------------------------------------------

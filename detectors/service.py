@@ -23,9 +23,10 @@ from dcwatch.detectors.alerting.alerts import build_alert
 from dcwatch.detectors.alerting.sender import AlertSender
 from dcwatch.detectors.config import AnalyzerConfig
 from dcwatch.detectors.decisions import Contributor
-from dcwatch.detectors.frame import Frame, Source, split_column
+from dcwatch.detectors.frame import Frame, split_column
 from dcwatch.detectors.models.fitting import FitBackend, ModelStore, fit_group
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
+from dcwatch.detectors.sources.base import Source
 
 log = logging.getLogger("dcwatch.analyzer")
 
@@ -56,7 +57,11 @@ class NodeState:
 
 
 class Analyzer:
-    """Owns node states, the fit backend and the scoring loop."""
+    """Owns node states and the scoring loop; fits run on ``backend``.
+
+    A ``backend`` passed in is started and closed by whoever passed it (the app shares one with
+    the capacity planner); without one the analyzer makes, starts and closes its own.
+    """
 
     def __init__(
         self,
@@ -64,6 +69,8 @@ class Analyzer:
         source: Source,
         sender: AlertSender,
         model_config: ModelConfig | None = None,
+        *,
+        backend: FitBackend | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -79,7 +86,8 @@ class Analyzer:
         self.model_config = base
         self.nodes: dict[str, NodeState] = {}
         self.models = ModelStore(cfg.state_dir / "models")
-        self.backend = FitBackend(cfg.model.workers, cfg.model.dask_scheduler)
+        self._own_backend = backend is None
+        self.backend = backend or FitBackend(cfg.model.workers, cfg.model.dask_scheduler)
         self.pass_duration = 0.0
         self.passes = 0
         self.source_errors = 0
@@ -90,7 +98,8 @@ class Analyzer:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.backend.start()
+        if self._own_backend:
+            await self.backend.start()
         for instance, model in self.models.load_all().items():
             self.nodes[instance] = NodeState(instance, status="fitted", model=model)
         if self.nodes:
@@ -110,7 +119,8 @@ class Analyzer:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.backend.close()
+        if self._own_backend:
+            await self.backend.close()
 
     async def run(self) -> None:
         """Score every ``step`` seconds, on the step grid, until cancelled."""

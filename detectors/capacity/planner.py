@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
@@ -32,12 +31,11 @@ from dcwatch.detectors.capacity.series import (
     assess,
     extract_series,
     fit_forecasters,
-    query_view,
 )
 from dcwatch.detectors.capacity.state import CAPACITY_ALERT, RuleState, SeriesState, capacity_alert
-from dcwatch.detectors.frame import Source
 from dcwatch.detectors.models.fitting import FitBackend
 from dcwatch.detectors.models.forecast import Forecaster
+from dcwatch.detectors.sources.base import Source
 
 log = logging.getLogger("dcwatch.analyzer.capacity")
 
@@ -59,13 +57,8 @@ class CapacityPlanner:
         *,
         backend: FitBackend | None = None,
     ) -> None:
-        self.rules: dict[str, RuleState] = {}
-        for r in rules:
-            view = query_view(source, r.queries())
-            if view is None:
-                log.warning("%s cannot evaluate capacity queries; no capacity planning", source)
-                break
-            self.rules[r.name] = RuleState(r, view)
+        # Each rule reads its own queries through a view of the analyzer's source.
+        self.rules = {r.name: RuleState(r, source.with_queries(r.queries())) for r in rules}
         self.sender = sender
         self.alerting = alerting
         # Fits share the anomaly models' backend (process pool or Dask); a planner built alone
@@ -329,8 +322,3 @@ class CapacityPlanner:
             return (math.inf if est is None else est, -(s.utilization or 0.0))
 
         return sorted((s for s in self.all_series() if s.forecast_plot), key=order)
-
-    def collect(self) -> Iterable[Any]:
-        from dcwatch.detectors.web.metrics import capacity_families
-
-        return capacity_families(self)

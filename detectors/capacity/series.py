@@ -6,7 +6,6 @@ process pool, assessments in a thread) and tests can check the maths exactly.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from dcwatch.detectors.capacity.rules import CAPACITY_QUERY, SERIES_QUERY, CapacityRule
-from dcwatch.detectors.frame import Frame, Source, combine, split_column
+from dcwatch.detectors.frame import Frame, combine, split_column
 from dcwatch.detectors.models.forecast import Forecaster
-from dcwatch.detectors.sources.queries import NamedQuery
 
 PLOT_POINTS = 300  # history buckets kept per series for the page
 FORECAST_POINTS = 200  # forecast points kept per series for the page
@@ -273,23 +271,3 @@ def horizon_label(seconds: float) -> str:
         if seconds >= size and seconds % size == 0 and (unit != "w" or seconds > 7 * 86400):
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
-
-
-def query_view(source: Source, queries: Sequence[NamedQuery]) -> Source | None:
-    """``source`` answering ``queries`` instead of its own, sharing its HTTP session or store;
-    None for a source that cannot (a test's stand-in)."""
-    make = getattr(source, "with_queries", None)
-    if make is not None:
-        return make(queries)
-    from dcwatch.detectors.sources.prometheus import PrometheusSource
-    from dcwatch.detectors.sources.queries import embedded_only, needed_metrics
-    from dcwatch.detectors.sources.scraper import EmbeddedSource
-
-    if isinstance(source, PrometheusSource):
-        return PrometheusSource(source.config, queries, session=source._session)
-    if isinstance(source, EmbeddedSource):
-        view = copy.copy(source)  # same store and scraper; its own queries
-        view.queries = embedded_only(queries)
-        view._names = needed_metrics(view.queries)
-        return view
-    return None

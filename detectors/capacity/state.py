@@ -11,8 +11,8 @@ import numpy as np
 from dcwatch.detectors.alerting.alerts import Alert, AlertingConfig, build_alert
 from dcwatch.detectors.capacity.rules import CapacityRule
 from dcwatch.detectors.capacity.series import Exhaustion, PlotHistory, human_duration
-from dcwatch.detectors.frame import Source
 from dcwatch.detectors.models.forecast import Forecaster
+from dcwatch.detectors.sources.base import Source
 
 CAPACITY_ALERT = "DcwatchCapacityExhaustion"
 

@@ -4,7 +4,7 @@ Long ranges are split so no request asks for more than ``max_points`` points per
 (Prometheus refuses more than 11,000). Each request is retried with exponential backoff on 5xx,
 429, timeouts and connection errors; a 4xx (a bad query) is not retried. A request that still
 fails leaves its range ``NaN`` and is recorded in ``errors``; only when every request of a fetch
-fails does ``fetch`` raise :class:`~dcwatch.detectors.frame.SourceError`.
+fails does ``fetch`` raise :class:`~dcwatch.detectors.sources.base.SourceError`.
 
 Decoding answers is the expensive part (about 1 s per million points, half of it the garbage
 collector walking fresh lists), so it runs off the event loop with the collector paused, and uses
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
@@ -34,13 +34,16 @@ import numpy as np
 from dcwatch.detectors.frame import (
     ColumnKey,
     Frame,
-    SourceError,
     build_frames,
     combine,
     latest_range,
     make_grid,
 )
+from dcwatch.detectors.sources.base import SourceError, TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery, load_queries
+
+if TYPE_CHECKING:
+    from dcwatch.detectors.sources.base import Source
 
 log = logging.getLogger("dcwatch.analyzer.prometheus")
 
@@ -136,7 +139,8 @@ class QueryError(Exception):
 
 
 class PrometheusSource:
-    """Frames from Prometheus' HTTP API. ``start()`` opens the HTTP session, ``close()`` ends it."""
+    """Frames from Prometheus' HTTP API. ``start()`` opens the HTTP session, ``close()`` ends it
+    (a ``session`` given by the caller stays the caller's to close)."""
 
     def __init__(
         self,
@@ -153,8 +157,11 @@ class PrometheusSource:
         self.failures = 0  # requests that failed after their retries
         self.retries = 0
         self._warned: set[tuple[str, str]] = set()
+        self._root = self  # a view's root is the source whose session it shares
 
     async def start(self) -> None:
+        if self._root is not self:
+            return
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -163,9 +170,19 @@ class PrometheusSource:
             )
 
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._root is self and self._own_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def with_queries(self, queries: Sequence[NamedQuery]) -> PrometheusSource:
+        """A view sending ``queries`` through this source's session (opened on first use if
+        this source was not started); its errors and counters are its own."""
+        view = PrometheusSource(self.config, queries)
+        view._root = self._root
+        return view
+
+    def target_status(self) -> list[TargetStatus]:
+        return []  # Prometheus scrapes; its own ``up`` series say how that goes
 
     def _ssl_context(self) -> ssl.SSLContext | bool:
         c = self.config
@@ -205,9 +222,11 @@ class PrometheusSource:
         headers: dict[str, str] | None = None,
     ) -> list[Series]:
         """One ``query_range`` request, retried on transient failures."""
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
+        root = self._root
+        if root._session is None:
+            await root.start()
+        session = root._session
+        assert session is not None
         headers = self._auth() if headers is None else headers
         params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
         url = self.config.url.rstrip("/") + "/api/v1/query_range"
@@ -216,9 +235,7 @@ class PrometheusSource:
         while True:
             self.requests += 1
             try:
-                async with self._session.get(
-                    url, params=params, headers=headers, timeout=timeout
-                ) as r:
+                async with session.get(url, params=params, headers=headers, timeout=timeout) as r:
                     status, body = r.status, await r.read()
                 if status == 200:  # decoded with the connection back in the pool
                     return await asyncio.to_thread(decode_matrix, body)
@@ -338,3 +355,9 @@ def _error_text(body: bytes) -> str:
         return f"{doc.get('errorType', '')}: {doc.get('error', '')}".strip(": ")
     except ValueError:
         return body[:200].decode(errors="replace").strip()
+
+
+if TYPE_CHECKING:
+
+    def _is_a_source(s: PrometheusSource) -> Source:  # mypy checks the protocol here
+        return s

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import math
 import re
@@ -23,12 +24,14 @@ import time
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
 import yaml
 
 from dcwatch.detectors.frame import Frame, frames_from_samples, latest_range, make_grid
+from dcwatch.detectors.sources.base import TargetStatus
 from dcwatch.detectors.sources.queries import (
     NamedQuery,
     embedded_only,
@@ -36,6 +39,9 @@ from dcwatch.detectors.sources.queries import (
     needed_metrics,
 )
 from dcwatch.detectors.sources.store import AsyncStore, Scrape, SeriesKey, Store
+
+if TYPE_CHECKING:
+    from dcwatch.detectors.sources.base import Source
 
 log = logging.getLogger("dcwatch.analyzer.scraper")
 
@@ -330,7 +336,10 @@ def _parse_and_write(
 
 
 class EmbeddedSource:
-    """Scrapes agents into SQLite and serves frames from it; ``start()``, then ``close()``."""
+    """Scrapes agents into SQLite and serves frames from it; ``start()``, then ``close()``.
+
+    ``scrape=False`` (tests, benchmarks) opens the store without the scrape loop; rounds are
+    then driven through ``scraper.scrape_round``."""
 
     def __init__(self, config: EmbeddedConfig, queries: Sequence[NamedQuery] | None = None) -> None:
         self.config = config
@@ -340,25 +349,57 @@ class EmbeddedSource:
         self.store = AsyncStore(config.db_path, config.retention)
         self.scraper = Scraper(config, self.store, keep)
         self._task: asyncio.Task[None] | None = None
+        self._state = "new"  # -> started -> closed; a view never leaves "new"
+        self._root = self  # a view's root is the source whose store and scraper it shares
 
     @property
     def targets(self) -> dict[str, TargetState]:
+        """The scraper's live state per target URL."""
         return self.scraper.targets
 
+    def target_status(self) -> list[TargetStatus]:
+        return [
+            TargetStatus(
+                t.url,
+                t.instance,
+                t.up,
+                t.failures,
+                None if t.up is None else t.last_duration,
+                t.last_error,
+            )
+            for t in self.scraper.targets.values()
+        ]
+
+    def with_queries(self, queries: Sequence[NamedQuery]) -> EmbeddedSource:
+        """A view reading ``queries`` from this source's store. The store keeps only the
+        metrics this source was built to keep (``config.metrics``, else its own queries')."""
+        view = copy.copy(self)  # the same store and scraper, its own queries
+        view.queries = embedded_only(queries)
+        view._names = needed_metrics(view.queries)
+        view._root = self._root
+        return view
+
     async def start(self, *, scrape: bool = True) -> None:
+        if self._root is not self or self._state != "new":
+            return
+        self._state = "started"
         await self.store.open()
         self.scraper.session = _new_session(self.config)
         if scrape:
             self._task = asyncio.create_task(self.scraper.run(), name="dcwatch-scraper")
 
     async def close(self) -> None:
+        if self._root is not self or self._state == "closed":
+            return
+        self._state = "closed"
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         if self.scraper.session is not None:
-            await self.scraper.session.close()
-            self.scraper.session = None
+            session, self.scraper.session = self.scraper.session, None
+            await session.close()
         await self.store.close()
 
     async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]:
@@ -380,3 +421,9 @@ class EmbeddedSource:
         return await self.fetch(
             *latest_range(step, points, time.time() if now is None else now), step
         )
+
+
+if TYPE_CHECKING:
+
+    def _is_a_source(s: EmbeddedSource) -> Source:  # mypy checks the protocol here
+        return s

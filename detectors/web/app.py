@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -17,8 +16,9 @@ from dcwatch.detectors.alerting.sender import AlertSender
 from dcwatch.detectors.capacity.planner import CapacityPlanner
 from dcwatch.detectors.capacity.rules import CapacityRule, parse_rules
 from dcwatch.detectors.config import AnalyzerConfig
-from dcwatch.detectors.frame import Source
+from dcwatch.detectors.models.fitting import FitBackend
 from dcwatch.detectors.service import Analyzer
+from dcwatch.detectors.sources.base import Source
 from dcwatch.detectors.sources.queries import NamedQuery, load_queries, needed_metrics
 from dcwatch.detectors.web.metrics import analyzer_families
 from dcwatch.detectors.web.page import render_overview
@@ -26,6 +26,9 @@ from dcwatch.exposition import metrics_response
 
 log = logging.getLogger("dcwatch.analyzer")
 
+SOURCE: web.AppKey[Source] = web.AppKey("source")
+SENDER = web.AppKey("sender", AlertSender)
+BACKEND = web.AppKey("backend", FitBackend)
 ANALYZER = web.AppKey("analyzer", Analyzer)
 STARTED = web.AppKey("started", float)
 PLANNER = web.AppKey("planner", CapacityPlanner)
@@ -48,56 +51,104 @@ def make_source(cfg: AnalyzerConfig, extra: Sequence[NamedQuery] = ()) -> Source
     return EmbeddedSource(embedded, queries)
 
 
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait until it has stopped (a loop that died of an error
+    is logged here, so what it leaves open still gets closed)."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("background task %s had failed", task.get_name())
+
+
 def make_app(
     cfg: AnalyzerConfig, *, source: Source | None = None, run_loop: bool = True
 ) -> web.Application:
     """Build the analyzer app; tests may pass their own ``source`` or drive passes by hand.
+
+    Each resource is its own cleanup context, started in order (source, alert sender, fit
+    backend, analyzer and its scoring loop, capacity planner and its loop) and closed in reverse:
+    when one fails to start, those already started are closed by ``runner.cleanup()``.
 
     Raises ConfigError for a malformed capacity rule, before anything starts."""
     app = web.Application()
     app[STARTED] = time.time()
     rules: tuple[CapacityRule, ...] = parse_rules(cfg.capacity_rules)
 
-    async def service_ctx(app: web.Application) -> AsyncIterator[None]:
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    # Each context closes its resource in ``finally``: also when its own start fails half way
+    # (every close is safe after a partial start), before the error reaches the runner.
+    async def source_ctx(app: web.Application) -> AsyncIterator[None]:
         src = source or make_source(cfg, [q for r in rules for q in r.queries()])
-        await src.start()  # type: ignore[attr-defined]
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            await src.start()
+            app[SOURCE] = src
+            yield
+        finally:
+            await src.close()
+
+    async def sender_ctx(app: web.Application) -> AsyncIterator[None]:
         sender = AlertSender(cfg.alerting)
-        await sender.start()
-        analyzer = Analyzer(cfg, src, sender)
-        await analyzer.start()
-        app[ANALYZER] = analyzer
-        loop_task = asyncio.create_task(analyzer.run()) if run_loop else None
-        log.info(
-            "analyzer up: %s source, %d alertmanager(s), state in %s",
-            cfg.mode,
-            len(cfg.alerting.alertmanagers),
-            cfg.state_dir,
-        )
-        yield
-        if loop_task is not None:
-            loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
-        await analyzer.close()
-        await sender.stop()
-        await src.close()  # type: ignore[attr-defined]
+        try:
+            await sender.start()
+            app[SENDER] = sender
+            yield
+        finally:
+            await sender.stop()
+
+    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
+        backend = FitBackend(cfg.model.workers, cfg.model.dask_scheduler)
+        try:
+            await backend.start()
+            app[BACKEND] = backend
+            yield
+        finally:
+            await backend.close()
+
+    async def analyzer_ctx(app: web.Application) -> AsyncIterator[None]:
+        analyzer = Analyzer(cfg, app[SOURCE], app[SENDER], backend=app[BACKEND])
+        loop_task = None
+        try:
+            await analyzer.start()
+            app[ANALYZER] = analyzer
+            log.info(
+                "analyzer up: %s source, %d alertmanager(s), state in %s",
+                cfg.mode,
+                len(cfg.alerting.alertmanagers),
+                cfg.state_dir,
+            )
+            loop_task = (
+                asyncio.create_task(analyzer.run(), name="dcwatch-scoring") if run_loop else None
+            )
+            yield
+        finally:
+            await cancel(loop_task)
+            await analyzer.close()
 
     async def capacity_ctx(app: web.Application) -> AsyncIterator[None]:
-        an = app[ANALYZER]
-        planner = CapacityPlanner(rules, an.source, an.sender, cfg.alerting, backend=an.backend)
-        await planner.start()
-        app[PLANNER] = planner
-        task = asyncio.create_task(planner.run()) if run_loop and rules else None
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await planner.close()
+        planner = CapacityPlanner(
+            rules, app[SOURCE], app[SENDER], cfg.alerting, backend=app[BACKEND]
+        )
+        task = None
+        try:
+            await planner.start()
+            app[PLANNER] = planner
+            task = (
+                asyncio.create_task(planner.run(), name="dcwatch-capacity")
+                if run_loop and rules
+                else None
+            )
+            yield
+        finally:
+            await cancel(task)
+            await planner.close()
 
-    app.cleanup_ctx.append(service_ctx)
-    app.cleanup_ctx.append(capacity_ctx)
+    for ctx in (source_ctx, sender_ctx, backend_ctx, analyzer_ctx, capacity_ctx):
+        app.cleanup_ctx.append(ctx)
     app.router.add_get("/", overview_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz_handler)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dcwatch.detectors.capacity.series import human_duration
-from dcwatch.detectors.web.page import plural
+from dcwatch.detectors.web.markup import plural
 
 if TYPE_CHECKING:
     from dcwatch.detectors.capacity.planner import CapacityPlanner
@@ -25,16 +25,6 @@ PLOTS = 12  # plots on the page; the rest are table rows
 TABLE_ROWS = 50
 W, H = 460, 210
 LEFT, RIGHT, TOP, BOTTOM = 64, 14, 26, 36
-
-STYLE = """.plots{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:1.5em}
-svg.plot{background:#fff;border:1px solid #ddd;font:11px system-ui,sans-serif}
-svg.plot .grid{stroke:#eee}svg.plot .axis{stroke:#999}svg.plot text{fill:#444}
-svg.plot .title{font-weight:600;fill:#222}svg.plot .band{fill:#f6c89f;opacity:.55}
-svg.plot .history{fill:none;stroke:#1f5fa8;stroke-width:1.5}
-svg.plot .forecast{fill:none;stroke:#d9661f;stroke-width:1.5;stroke-dasharray:5 3}
-svg.plot .threshold{stroke:#c62828;stroke-width:1.2;stroke-dasharray:6 3}
-svg.plot .capacity{stroke:#555;stroke-width:1}svg.plot .now{stroke:#888;stroke-dasharray:2 2}
-svg.plot .exhaustion{fill:#c62828}svg.plot .full{fill:#c62828;font-weight:600}"""
 
 _PREFIXES = {
     "bytes": (1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB")),

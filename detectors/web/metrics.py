@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
+from dcwatch.detectors.capacity.series import horizon_label
 from dcwatch.exposition import Families, MetricSpec
 
 if TYPE_CHECKING:
@@ -170,11 +171,10 @@ def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> I
     f.add(PASS, an.pass_duration if an.passes else None)
     f.add(PASSES, an.passes)
     f.add(SOURCE_ERRORS, an.source_errors)
-    targets = getattr(getattr(an.source, "scraper", None), "targets", {})
-    for t in targets.values():
+    for t in an.source.target_status():
         f.add(TARGET_UP, None if t.up is None else int(t.up), t.url, t.instance)
         f.add(TARGET_FAILURES, t.failures, t.url, t.instance)
-        f.add(TARGET_DURATION, t.last_duration if t.up is not None else None, t.url, t.instance)
+        f.add(TARGET_DURATION, t.last_duration, t.url, t.instance)
     yield from f
     yield from an.sender.collect()
     if planner is not None:
@@ -183,8 +183,6 @@ def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> I
 
 def capacity_families(planner: CapacityPlanner) -> Iterable[Metric]:
     """Per-series forecasts and times to exhaustion; series labels vary by rule (``gpu``...)."""
-    from dcwatch.detectors.capacity.series import horizon_label
-
     fams: dict[str, Metric] = {}
 
     def add(spec: MetricSpec, value: float | None, labels: dict[str, str]) -> None:

@@ -7,19 +7,12 @@ import html
 import time
 from typing import TYPE_CHECKING
 
+from dcwatch.detectors.web.capacity_page import render_capacity
+from dcwatch.detectors.web.markup import CAPACITY_STYLE, PAGE_STYLE, plural
+
 if TYPE_CHECKING:
     from dcwatch.detectors.capacity.planner import CapacityPlanner
     from dcwatch.detectors.service import Analyzer
-
-STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;margin-bottom:1.5em}td,th{padding:.25em .8em;text-align:left;
-border-bottom:1px solid #ddd}th{background:#f4f4f4}.anomaly{background:#fde2e1}
-.cold_start{color:#777}.stale{color:#a60}.small{font-size:.85em;color:#555}"""
-
-
-def plural(n: int, word: str) -> str:
-    """``1 node``, ``3 nodes``."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -60,14 +53,11 @@ def render_overview(an: Analyzer, planner: CapacityPlanner | None = None) -> str
         )
     extra = style = ""
     if planner is not None:
-        from dcwatch.detectors.web.capacity_page import STYLE as CAPACITY_STYLE
-        from dcwatch.detectors.web.capacity_page import render_capacity
-
         extra, style = render_capacity(planner), CAPACITY_STYLE
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>dcwatch analyzer</title>"
         "<link rel='icon' href='data:,'>"  # no favicon request: nothing leaves the page
-        f"<meta http-equiv='refresh' content='30'><style>{STYLE}{style}</style></head><body>"
+        f"<meta http-equiv='refresh' content='30'><style>{PAGE_STYLE}{style}</style></head><body>"
         f"<h1>dcwatch analyzer</h1><p class='small'>{e(an.cfg.mode)} source · "
         f"{plural(len(an.nodes), 'node')} · last scoring pass {an.pass_duration * 1000:.0f} ms · "
         "<a href='/metrics'>/metrics</a> · <a href='/api/nodes'>/api/nodes</a></p>"

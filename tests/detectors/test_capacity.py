@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from dcwatch.detectors.capacity.rules import CapacityRule, default_rules, parse_rules
 from dcwatch.detectors.capacity.series import (
@@ -23,7 +26,6 @@ from dcwatch.detectors.capacity.series import (
     fit_forecasters,
     horizon_label,
     human_duration,
-    query_view,
     time_to_exhaustion,
     trailing_mean,
 )
@@ -31,7 +33,9 @@ from dcwatch.detectors.capacity.state import SeriesState
 from dcwatch.detectors.config import load_analyzer_config
 from dcwatch.detectors.frame import Frame, column_name, make_grid
 from dcwatch.detectors.models.forecast import LinearTrendForecaster
+from dcwatch.detectors.sources.base import TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery
+from dcwatch.detectors.sources.scraper import EmbeddedSource, instance_of
 from dcwatch.detectors.web.app import ANALYZER, PLANNER, make_app, make_source
 from dcwatch.detectors.web.capacity_page import nice_ticks, render_capacity, time_ticks, unit_scale
 from dcwatch.settings import ConfigError
@@ -60,6 +64,9 @@ class CapacitySource:
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def target_status(self) -> list[TargetStatus]:
+        return []
 
     async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]:
         parent = getattr(self, "parent", self)
@@ -281,22 +288,48 @@ def test_duplicate_rule_names() -> None:
         parse_rules([r, r])
 
 
-def test_sources_answer_rule_queries_and_keep_their_metrics(tmp_path: Path) -> None:
-    from dcwatch.detectors.sources.prometheus import PrometheusConfig, PrometheusSource
+AGENT_EXPOSITION = """\
+dcwatch_gpu_memory_used_bytes{gpu="0"} 30
+dcwatch_gpu_memory_total_bytes{gpu="0"} 100
+dcwatch_gpu_temperature_celsius{gpu="0"} 55
+dcwatch_unrelated_total 7
+"""
 
-    cfg = write_config(tmp_path)
+
+async def test_embedded_source_keeps_the_rules_metrics_for_its_views(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path
+) -> None:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=AGENT_EXPOSITION)
+
+    agent = web.Application()
+    agent.router.add_get("/metrics", metrics)
+    url = str((await aiohttp_server(agent)).make_url("/metrics"))
+    f = tmp_path / "analyzer.yaml"
+    f.write_text(f"targets: [{url}]\n" + RULES)
+    cfg = load_analyzer_config(["--config", str(f), "--state-dir", str(tmp_path)], env={})
     [rule] = parse_rules(cfg.capacity_rules)
-    src = make_source(cfg, rule.queries())  # embedded: the store keeps the rule's metrics too
-    keep = src.scraper.keep  # type: ignore[attr-defined]
-    assert "dcwatch_gpu_memory_total_bytes" in keep and "dcwatch_gpu_temperature_celsius" in keep
-    view = query_view(src, rule.queries())
-    assert view.store is src.store  # type: ignore[union-attr]
-    assert [q.name for q in view.queries] == ["series", "capacity"]  # type: ignore[union-attr]
-    assert len(src.queries) > 2  # type: ignore[attr-defined]  # the source's own are untouched
-    prom = PrometheusSource(PrometheusConfig(url="http://127.0.0.1:1"))
-    pview = query_view(prom, rule.queries())
-    assert isinstance(pview, PrometheusSource) and pview.config is prom.config
-    assert query_view(object(), rule.queries()) is None  # type: ignore[arg-type]
+    src = make_source(cfg, rule.queries())
+    embedded = cast(EmbeddedSource, src)  # to drive one scrape round by hand
+    view = src.with_queries(rule.queries())
+    await embedded.start(scrape=False)
+    try:
+        await embedded.scraper.scrape_round(T0)
+        inst = instance_of(url)
+        stored = await embedded.store.read(T0 - 1, T0 + 1)
+        # Total bytes is in no default query, only the rule's: kept; the unrelated metric is not.
+        assert {name for name, _ in stored[inst]} == {
+            "dcwatch_gpu_memory_used_bytes",
+            "dcwatch_gpu_memory_total_bytes",
+            "dcwatch_gpu_temperature_celsius",
+        }
+        frames = await view.fetch(T0, T0, STEP)
+        assert frames[inst].columns == ('series{gpu="0"}', 'capacity{gpu="0"}')
+        np.testing.assert_array_equal(frames[inst].values, [[30.0, 100.0]])
+        own = (await src.fetch(T0, T0, STEP))[inst].columns  # the source's own are untouched
+        assert 'gpu_temperature{gpu="0"}' in own and 'capacity{gpu="0"}' not in own
+    finally:
+        await src.close()
 
 
 def test_analyzer_refuses_a_malformed_rule(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 from dcwatch.detectors.config import load_analyzer_config
 from dcwatch.detectors.frame import Frame
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
+from dcwatch.detectors.sources.base import TargetStatus
+from dcwatch.detectors.sources.queries import NamedQuery
 from dcwatch.detectors.web.app import ANALYZER, make_app
 
 STEP = 15.0
@@ -65,6 +68,12 @@ class FleetSource:
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def with_queries(self, queries: Sequence[NamedQuery]) -> FleetSource:
+        return self  # no capacity series: the planner finds nothing to forecast
+
+    def target_status(self) -> list[TargetStatus]:
+        return []
 
     async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]:
         first = max(0, int(np.ceil((start - T0) / STEP)))

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from dcwatch.detectors.frame import SourceError
+from dcwatch.detectors.sources.base import SourceError
 from dcwatch.detectors.sources.prometheus import (
     PrometheusConfig,
     PrometheusSource,

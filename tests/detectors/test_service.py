@@ -1,16 +1,27 @@
 """The analyzer service with a synthetic source: cold start, fit, anomaly alert, resolve,
-persistence across a restart, on-demand refit, source outage, /metrics and the page."""
+persistence across a restart, on-demand refit, source outage, /metrics and the page; the app's
+resources started in order and closed in reverse, also when one of them fails to start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 
+from dcwatch.detectors.alerting.sender import AlertSender
+from dcwatch.detectors.capacity.planner import CapacityPlanner
 from dcwatch.detectors.config import load_analyzer_config
 from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.models.fitting import FitBackend
+from dcwatch.detectors.service import Analyzer
+from dcwatch.detectors.sources.base import TargetStatus
+from dcwatch.detectors.sources.queries import NamedQuery
 from dcwatch.detectors.web.app import ANALYZER, make_app
 from dcwatch.settings import ConfigError
 
@@ -31,6 +42,12 @@ class FakeSource:
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def with_queries(self, queries: Sequence[NamedQuery]) -> FakeSource:
+        return self  # no capacity series: the planner finds nothing to forecast
+
+    def target_status(self) -> list[TargetStatus]:
+        return []
 
     def _row(self, t: float) -> np.ndarray:
         if t not in self.cache:
@@ -180,3 +197,97 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     f.write_text("capacity_rules: {a: 1}\ntargets: [http://x:1/metrics]\n")
     with pytest.raises(ConfigError, match="capacity_rules"):
         load_analyzer_config(["--config", str(f)], env={})
+
+
+class LifecycleSource(FakeSource):
+    """FakeSource that records its start and close, and fails where told to."""
+
+    def __init__(self, start: float, events: list[str], fail: str = "") -> None:
+        super().__init__(start)
+        self.events, self.fail = events, fail
+
+    async def start(self) -> None:
+        self.events.append("source.start")
+        if self.fail == "start":
+            raise OSError("prometheus unreachable")
+
+    async def close(self) -> None:
+        self.events.append("source.close")
+
+    def with_queries(self, queries: Sequence[NamedQuery]) -> FakeSource:
+        if self.fail == "views":
+            raise RuntimeError("cannot read capacity queries")
+        return self
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Starts and closes of the app's resources, in the order they happen."""
+    seen: list[str] = []
+
+    def record(cls: type, method: str, label: str) -> None:
+        real = getattr(cls, method)
+
+        async def wrapper(self: object, *args: Any, **kw: Any) -> Any:
+            seen.append(label)
+            return await real(self, *args, **kw)
+
+        monkeypatch.setattr(cls, method, wrapper)
+
+    for cls, start, close, name in (
+        (AlertSender, "start", "stop", "sender"),
+        (FitBackend, "start", "close", "backend"),
+        (Analyzer, "start", "close", "analyzer"),
+        (CapacityPlanner, "start", "close", "planner"),
+    ):
+        record(cls, start, f"{name}.start")
+        record(cls, close, f"{name}.close")
+    return seen
+
+
+def live_loops() -> list[str]:
+    names = ("dcwatch-scoring", "dcwatch-capacity")
+    return [t.get_name() for t in asyncio.all_tasks() if t.get_name() in names and not t.done()]
+
+
+async def test_first_resource_failing_to_start_stops_the_app(
+    tmp_path: Path, clock_start: float, events: list[str]
+) -> None:
+    src = LifecycleSource(clock_start, events, fail="start")
+    runner = web.AppRunner(make_app(config(tmp_path), source=src))
+    with pytest.raises(OSError, match="prometheus unreachable"):
+        await runner.setup()
+    await runner.cleanup()
+    # The source is closed after its own failed start; nothing after it was started.
+    assert events == ["source.start", "source.close"]
+
+
+async def test_last_resource_failing_to_start_closes_the_others(
+    tmp_path: Path, clock_start: float, events: list[str]
+) -> None:
+    src = LifecycleSource(clock_start, events, fail="views")  # the capacity planner's step
+    runner = web.AppRunner(make_app(config(tmp_path), source=src))  # scoring loop running
+    with pytest.raises(RuntimeError, match="cannot read capacity queries"):
+        await runner.setup()
+    started = ["source.start", "sender.start", "backend.start", "analyzer.start"]
+    assert events == started and live_loops() == ["dcwatch-scoring"]
+    await runner.cleanup()
+    assert events[len(started) :] == [
+        "analyzer.close",
+        "backend.close",
+        "sender.close",
+        "source.close",
+    ]
+    assert live_loops() == []
+
+
+async def test_app_closes_every_resource_in_reverse_order(
+    tmp_path: Path, clock_start: float, events: list[str]
+) -> None:
+    runner = web.AppRunner(make_app(config(tmp_path), source=LifecycleSource(clock_start, events)))
+    await runner.setup()
+    order = ["source", "sender", "backend", "analyzer", "planner"]
+    assert events == [f"{r}.start" for r in order] and "dcwatch-scoring" in live_loops()
+    await runner.cleanup()
+    assert events[len(order) :] == [f"{r}.close" for r in reversed(order)]
+    assert live_loops() == []
