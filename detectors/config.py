@@ -254,8 +254,8 @@ def _check_targets(targets: Sequence[str], targets_file: Path | None, where: str
             _http_url(target_url(t))
         except ValueError as e:
             raise ConfigError(f"{where}: key 'targets': {_clean(e)}") from None
-    if targets_file is None:
-        return
+    if targets_file is None or not targets_file.exists():
+        return  # may be written later (config management): the scraper reloads it when it appears
     try:
         text = targets_file.read_text(encoding="utf-8")
         for url in parse_targets_file(text):

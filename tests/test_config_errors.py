@@ -37,7 +37,7 @@ BINARY = b"\xff\xfe\x00\x81binary"
         (["analyzer", "--target", "h:1", "--queries-file", "{scalar}"], "key 'queries_file'"),
         (["analyzer", "--target", "h:1", "--queries-file", "{bin}"], "key 'queries_file'"),
         (["analyzer", "--targets-file", "{bin}"], "key 'targets_file'"),
-        (["analyzer", "--targets-file", "{missing}"], "key 'targets_file'"),
+        (["analyzer", "--targets-file", "{scalar}", "--target", "ftp://x"], "key 'targets'"),
         (["analyzer", "--target", "h:1", "--model-train-window", "1h30"], "model-train-window"),
     ],
 )
