@@ -172,7 +172,10 @@ class PowerCollector(Collector):
                 tag = _METER if s.kind == "power" and chip.name in SYSTEM_METER_CHIPS else ""
                 meters += tag == _METER
                 labels = (chip.chip, chip.name, s.sensor, s.label)
-                reads.append(ScaledRead(s.value_path, SCALE[s.kind], ((spec, labels),), tag=tag))
+                outputs = ((spec, labels),)
+                reads.append(
+                    ScaledRead(s.value_path, SCALE[s.kind], outputs, tag=tag, valid=s.is_physical)
+                )
         zones = discover_rapl(self.config.sysfs)
         plan = _Plan(tuple(reads), meters, tuple(zones))
         self._adopt(plan)
@@ -229,7 +232,7 @@ class PowerCollector(Collector):
             packages += z.is_package
             raw = None
             if z.readable:
-                raw = self._files.read_int(z.energy_path)
+                raw = self._files.read_int(z.energy_path, z.energy_is_physical)
             else:
                 self._denied_reads += 1
             if raw is None:
@@ -240,16 +243,20 @@ class PowerCollector(Collector):
             if z.is_package:
                 package_joules += joules
         if packages and complete:
-            f.add(NODE_POWER, self._package_watts(self.clock(), package_joules), "rapl")
+            ceiling = packages * RaplZone.MAX_PACKAGE_WATTS
+            f.add(NODE_POWER, self._package_watts(self.clock(), package_joules, ceiling), "rapl")
         else:
             self._rapl_prev = self._rapl_watts = None
 
-    def _package_watts(self, now: float, joules: float) -> float | None:
+    def _package_watts(self, now: float, joules: float, ceiling: float) -> float | None:
         prev = self._rapl_prev
         if prev is None:
             self._rapl_prev = (now, joules)
         elif now - prev[0] >= RAPL_MIN_WINDOW:
-            self._rapl_watts = (joules - prev[1]) / (now - prev[0])
+            watts = (joules - prev[1]) / (now - prev[0])
+            # Negative, or more than the packages can draw (an in-range misread taken for a
+            # wrap): not a reading. Omitted until a later window gives a physical one.
+            self._rapl_watts = watts if 0 <= watts <= ceiling else None
             self._rapl_prev = (now, joules)
         return self._rapl_watts
 

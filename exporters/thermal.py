@@ -143,7 +143,7 @@ def _hwmon_reads(chips: list[HwmonChip]) -> list[ScaledRead]:
             outputs: tuple[tuple[MetricSpec, tuple[str, ...]], ...] = ((spec, labels),)
             if (chip.chip, s.sensor) in cpu:
                 outputs += ((CPU_TEMP, cpu[(chip.chip, s.sensor)]),)
-            reads.append(ScaledRead(s.value_path, SCALE[s.kind], outputs))
+            reads.append(ScaledRead(s.value_path, SCALE[s.kind], outputs, valid=s.is_physical))
             keep = THRESHOLD_IS_SET.get(s.kind)
             for attr, path in s.thresholds:
                 t_spec = _THRESHOLD_SPECS[(s.kind, attr)]
@@ -154,12 +154,13 @@ def _hwmon_reads(chips: list[HwmonChip]) -> list[ScaledRead]:
 def _thermal_reads(zones: list[ThermalZone], cooling: list[CoolingDevice]) -> list[ScaledRead]:
     reads = []
     for z in zones:
-        reads.append(ScaledRead(z.temp_path, _CELSIUS, ((ZONE_TEMP, (z.zone, z.type)),)))
+        zone_temp = ((ZONE_TEMP, (z.zone, z.type)),)
+        reads.append(ScaledRead(z.temp_path, _CELSIUS, zone_temp, valid=z.is_physical))
         for t in z.trips:
             trip_labels = (z.zone, z.type, t.index, t.type)
             reads.append(ScaledRead(t.temp_path, _CELSIUS, ((TRIP, trip_labels),), trip_is_set))
     for d in cooling:
         labels = (d.device, d.type)
-        reads.append(ScaledRead(d.cur_path, 1.0, ((COOLING_CUR, labels),)))
-        reads.append(ScaledRead(d.max_path, 1.0, ((COOLING_MAX, labels),)))
+        reads.append(ScaledRead(d.cur_path, 1.0, ((COOLING_CUR, labels),), valid=d.is_physical))
+        reads.append(ScaledRead(d.max_path, 1.0, ((COOLING_MAX, labels),), valid=d.is_physical))
     return reads

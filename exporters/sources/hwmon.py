@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dcwatch.exporters.sources import limits
 from dcwatch.exporters.sources.sysfs import FileCache, list_dir
 
 # Divisor from the sysfs unit to the base unit, per sensor kind.
@@ -36,14 +37,20 @@ SCALE = {
 VALUE_ATTRS = {"power": ("input", "average")}
 # Thresholds worth exporting, per kind.
 THRESHOLD_ATTRS = {"temp": ("crit", "max"), "fan": ("min",)}
-# Threshold values that mean "not set": below absolute zero (nvme's min), and 0xFFFF kelvin,
-# which NVMe uses for "no over-temperature threshold" on its secondary sensors.
-_ABSOLUTE_ZERO_MC = -273150
-_NVME_NO_THRESHOLD_MC = 65261850
+# Raw values no sensor of a kind can read: a read error, not a value. Temperatures at or below
+# absolute zero or above any sensor's range; negative fan speeds; negative power or energy,
+# which the ABI defines as use ("power use", "cumulative energy use"). Voltages (-12 V rails)
+# and currents (bidirectional shunts such as the INA226) can be negative and are not checked.
+PHYSICAL: dict[str, Callable[[int], bool]] = {
+    "temp": limits.millicelsius,
+    "fan": limits.non_negative,
+    "power": limits.microwatts,
+    "energy": limits.non_negative,
+}
 
-_ATTR_RE = re.compile(r"^(temp|fan|in|curr|power|energy)(\d+)_([a-z_]+)$")
-_HWMON_RE = re.compile(r"^hwmon\d+$")
-_CORETEMP_RE = re.compile(r"^(Package id|Physical id|Core)\s+(\d+)$")
+_ATTR_RE = re.compile(r"^(temp|fan|in|curr|power|energy)(\d+)_([a-z_]+)$", re.ASCII)
+_HWMON_RE = re.compile(r"^hwmon\d+$", re.ASCII)
+_CORETEMP_RE = re.compile(r"^(Package id|Physical id|Core)\s+(\d+)$", re.ASCII)
 CPU_CHIPS_CORETEMP = ("coretemp",)
 CPU_CHIPS_AMD = ("k10temp", "zenpower")
 
@@ -55,6 +62,11 @@ class HwmonSensor:
     label: str  # contents of temp1_label, "" when the driver gives none
     value_path: str  # temp1_input (or power1_average)
     thresholds: tuple[tuple[str, str], ...] = ()  # (("crit", path), ("max", path))
+
+    def is_physical(self, raw: int) -> bool:
+        """Whether a raw reading (sysfs units) is one this kind of sensor can give."""
+        check = PHYSICAL.get(self.kind)
+        return check is None or check(raw)
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,10 @@ def parse_attr(filename: str) -> tuple[str, int, str] | None:
 
 
 def temp_threshold_is_set(raw_millidegrees: int) -> bool:
-    """False for the sentinels drivers use for "no threshold"."""
-    return _ABSOLUTE_ZERO_MC < raw_millidegrees < _NVME_NO_THRESHOLD_MC
+    """False for the sentinels drivers use for "no threshold": at or below absolute zero
+    (nvme's min), and above any real temperature, e.g. 0xFFFF kelvin (65261.85 °C), which NVMe
+    uses for "no over-temperature threshold" on its secondary sensors."""
+    return limits.millicelsius(raw_millidegrees)
 
 
 def fan_min_is_set(raw_rpm: int) -> bool:
@@ -222,7 +236,8 @@ class ScaledRead:
     """One integer attribute to read each scrape, planned once at discovery.
 
     ``outputs`` is the caller's (e.g. metric families and label values); ``keep`` drops raw
-    values that mean "not set"; ``tag`` marks reads the caller also aggregates.
+    values that mean "not set"; ``tag`` marks reads the caller also aggregates; ``valid``
+    refuses raw values that cannot be physical, as read errors.
     """
 
     path: str
@@ -230,13 +245,14 @@ class ScaledRead:
     outputs: tuple[Any, ...]
     keep: Callable[[int], bool] | None = None
     tag: str = ""
+    valid: Callable[[int], bool] | None = None
 
 
 def read_scaled(
     files: FileCache, reads: Sequence[ScaledRead]
 ) -> Iterator[tuple[ScaledRead, float]]:
-    """``(read, value in base units)`` for each read that succeeded and is set."""
+    """``(read, value in base units)`` for each read that succeeded, is physical and is set."""
     for r in reads:
-        raw = files.read_int(r.path)
+        raw = files.read_int(r.path, r.valid)
         if raw is not None and (r.keep is None or r.keep(raw)):
             yield r, raw / r.divisor

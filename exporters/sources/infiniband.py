@@ -8,6 +8,7 @@ makes the driver query the port (a MAD), so asking for fewer files is what makes
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -15,7 +16,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered, list_dir
+from dcwatch.exporters.sources import limits
+from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered, list_dir, parse_int
 
 # PortXmitData/PortRcvData count 32-bit words ("4 octets" in the IBA spec), not bytes.
 FOUR_OCTET_COUNTERS = frozenset({"port_xmit_data", "port_rcv_data"})
@@ -23,7 +25,7 @@ STATE_ACTIVE = 4
 # hw_counters entries that are settings or levels, not monotonic counters.
 _HW_NOT_COUNTERS = frozenset({"lifespan"})
 _HW_GAUGE_PREFIXES = ("active_", "watermark_")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*Gb/sec", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +62,13 @@ class PortReading:
 
 
 def parse_state(text: str | None) -> tuple[int, str] | None:
-    """``"4: ACTIVE"`` → ``(4, "ACTIVE")``; ``"5: LinkUp"`` → ``(5, "LinkUp")``."""
+    """``"4: ACTIVE"`` → ``(4, "ACTIVE")``; ``"5: LinkUp"`` → ``(5, "LinkUp")``; None unless
+    the number is a non-negative integer (states are small enums)."""
     if not text:
         return None
     num, _, name = text.partition(":")
-    try:
-        return int(num), name.strip()
-    except ValueError:
-        return None
+    value = parse_int(num)
+    return (value, name.strip()) if value is not None and value >= 0 else None
 
 
 def parse_rate(text: str | None) -> float | None:
@@ -76,7 +77,7 @@ def parse_rate(text: str | None) -> float | None:
     if m is None:
         return None
     gbit = float(m.group(1))
-    return gbit * 1e9 / 8 if gbit > 0 else None
+    return gbit * 1e9 / 8 if gbit > 0 and math.isfinite(gbit * 1e9) else None
 
 
 def is_hw_counter(name: str) -> bool:
@@ -176,12 +177,13 @@ class InfinibandReader:
         if ph is not None:
             r.phys_state, r.phys_state_name = ph
         r.rate_bytes = parse_rate(c.read_str(port.path + "/rate"))
+        # Port and hw counters are unsigned: a negative one is a read error, not a value.
         for name, path in port.counters:
-            v = c.read_int(path)
+            v = c.read_int(path, limits.non_negative)
             if v is not None:
                 r.counters[name] = v * 4 if name in FOUR_OCTET_COUNTERS else v
         for name, path in port.hw_counters:
-            v = c.read_int(path)
+            v = c.read_int(path, limits.non_negative)
             if v is not None:
                 r.hw_counters[name] = v
         return r

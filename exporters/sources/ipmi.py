@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dcwatch.exporters.sources.limits import DCMI_MAX_PERIOD_S, DCMI_MAX_WATTS
+
 log = logging.getLogger("dcwatch.ipmi")
 
 RunCommand = Callable[[Sequence[str], float], str]
@@ -27,9 +29,11 @@ _FIELDS = {
     "maximum during sampling period": "maximum",
     "average power reading over sample period": "average",
 }
-_LINE_RE = re.compile(r"^\s*([A-Za-z][A-Za-z /]*?)\s*:\s*(.*?)\s*$")
-_WATTS_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*Watts?\b", re.IGNORECASE)
-_PERIOD_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(milliseconds|ms|seconds|s)\b", re.IGNORECASE)
+_LINE_RE = re.compile(r"^\s*([A-Za-z][A-Za-z /]*?)\s*:\s*(.*?)\s*$", re.ASCII)
+_WATTS_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*Watts?\b", re.IGNORECASE | re.ASCII)
+_PERIOD_RE = re.compile(
+    r"^(\d+(?:\.\d+)?)\s*(milliseconds|ms|seconds|s)\b", re.IGNORECASE | re.ASCII
+)
 
 
 class IpmiError(Exception):
@@ -49,9 +53,11 @@ def parse_dcmi_power_reading(text: str) -> DcmiPowerReading:
     """Parse ipmitool's output; raise :class:`IpmiError` when it holds no valid reading.
 
     A "deactivated" reading state means the BMC is not measuring, and an instantaneous 0 W
-    is what BMCs without a power sensor return: neither is a measurement.
+    is what BMCs without a power sensor return: neither is a measurement. Values DCMI cannot
+    carry (above 65535 W, periods above 2**32 ms) are dropped as misreads.
     """
     watts: dict[str, float] = {}
+    impossible: dict[str, str] = {}
     period: float | None = None
     state = ""
     for line in text.splitlines():
@@ -61,14 +67,22 @@ def parse_dcmi_power_reading(text: str) -> DcmiPowerReading:
         key, rest = m[1].lower(), m[2]
         if key in _FIELDS:
             w = _WATTS_RE.match(rest)
-            if w:
+            if w and float(w[1]) <= DCMI_MAX_WATTS:
                 watts[_FIELDS[key]] = float(w[1])
+            elif w:
+                impossible[_FIELDS[key]] = w[1]
         elif key == "sampling period":
             p = _PERIOD_RE.match(rest)
             if p:
-                period = float(p[1]) / (1000.0 if p[2].lower().startswith("m") else 1.0)
+                seconds = float(p[1]) / (1000.0 if p[2].lower().startswith("m") else 1.0)
+                period = seconds if seconds <= DCMI_MAX_PERIOD_S else None
         elif key == "power reading state is":
             state = rest.lower()
+    if "instantaneous" in impossible:
+        raise IpmiError(
+            f"impossible instantaneous power {impossible['instantaneous'][:20]} W "
+            f"(DCMI carries at most {DCMI_MAX_WATTS:g} W)"
+        )
     if "instantaneous" not in watts:
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "empty output")
         raise IpmiError(f"no power reading in ipmitool output: {first[:120]}")

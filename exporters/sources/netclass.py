@@ -17,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcwatch.exporters.sources import limits
 from dcwatch.exporters.sources.procfs import VlanInfo, parse_vlan_config, vlan_config_path
-from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered
+from dcwatch.exporters.sources.sysfs import FileCache, Rediscovered, parse_int
 
 IFF_UP = 0x1
 MBIT = 1_000_000 / 8  # bytes/s in one Mb/s (sysfs ``speed`` unit)
@@ -45,6 +47,8 @@ ARPHRD_NAMES = {
 }
 # Speeds drivers report when they do not know one (SPEED_UNKNOWN as s32/u32/u16).
 _UNKNOWN_SPEEDS = {4294967295, 65535}
+_SPEED_MAX_MBIT = 2**32 - 1  # ethtool's speed is a u32
+_FLAGS_RE = re.compile(r"\s*(?:0x)?([0-9a-f]{1,16})\s*", re.ASCII | re.IGNORECASE)
 _ENOTSUPP = 524  # the kernel-internal "not supported" that some drivers leak to userspace
 
 
@@ -81,26 +85,18 @@ class BondState:
 
 
 def parse_speed(text: str | None) -> float | None:
-    """sysfs ``speed`` (Mb/s) in bytes/s; empty, negative, zero or "unknown" sentinels → None."""
-    if not text:
-        return None
-    try:
-        mbit = int(text.strip())
-    except ValueError:
-        return None
-    if mbit <= 0 or mbit in _UNKNOWN_SPEEDS:
+    """sysfs ``speed`` (Mb/s) in bytes/s; empty, negative, zero, "unknown" sentinels and values
+    beyond a u32 → None."""
+    mbit = parse_int(text) if text else None
+    if mbit is None or not 0 < mbit <= _SPEED_MAX_MBIT or mbit in _UNKNOWN_SPEEDS:
         return None
     return mbit * MBIT
 
 
 def parse_flags(text: str | None) -> int | None:
-    """sysfs ``flags`` ("0x1003") as an int."""
-    if not text:
-        return None
-    try:
-        return int(text, 16)
-    except ValueError:
-        return None
+    """sysfs ``flags`` ("0x1003") as an int; None unless hexadecimal digits (at most 64 bits)."""
+    m = _FLAGS_RE.fullmatch(text or "")
+    return int(m[1], 16) if m else None
 
 
 def arphrd_name(text: str | None) -> str:
@@ -215,12 +211,13 @@ class NetClassReader:
 
     def _read_static(self, name: str, vlans: Mapping[str, VlanInfo]) -> NetStatic | None:
         base = f"{self._net}/{name}"
+        if not os.path.isdir(base):
+            return None  # the device went away between /proc/net/dev and here
         once = FileCache()
         try:
-            uevent = once.read(base + "/uevent")
-            if uevent is None:
-                return None  # the device went away between /proc/net/dev and here
-            devtype = parse_uevent(uevent).get("DEVTYPE", "")
+            # Each attribute that is missing costs only itself: without uevent (some drivers,
+            # node_exporter's fixture) the kind comes from the other clues below.
+            devtype = parse_uevent(once.read(base + "/uevent")).get("DEVTYPE", "")
             physical = os.path.lexists(base + "/device")
             master = ""
             with contextlib.suppress(OSError):
@@ -259,15 +256,15 @@ class NetClassReader:
         c = d.cache
         st = LinkState(
             operstate=c.read_str(d.operstate),
-            carrier_changes=c.read_int(d.carrier_changes),
-            mtu=c.read_int(d.mtu),
+            carrier_changes=c.read_int(d.carrier_changes, limits.non_negative),
+            mtu=c.read_int(d.mtu, limits.non_negative),
         )
         flags = parse_flags(c.read_str(d.flags))
         if flags is not None:
             st.admin_up = bool(flags & IFF_UP)
         if st.admin_up is False:
             return st  # carrier/speed/duplex answer EINVAL while down
-        st.carrier = c.read_int(d.carrier)
+        st.carrier = c.read_int(d.carrier, limits.boolean)
         if d.link_settings is None:
             d.link_settings = probe_link_settings(d.speed)
         if d.link_settings:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Container, Hashable, Sequence
@@ -189,12 +190,16 @@ class FieldValue:
 
 
 def decode_field(fv: Any) -> float | int | None:
-    """The value of one ``nvmlFieldValue_t``, read from the union member its valueType names."""
+    """The value of one ``nvmlFieldValue_t``, read from the union member its valueType names;
+    None for an unknown valueType or a double that is not finite (no field is NaN or inf)."""
     member = VALUE_MEMBERS.get(int(fv.valueType))
     if member is None:
         return None
     v = getattr(fv.value, member)
-    return float(v) if member == "dVal" else int(v)
+    if member != "dVal":
+        return int(v)
+    d = float(v)
+    return d if math.isfinite(d) else None
 
 
 def handle_key(handle: Any) -> Hashable:
@@ -362,7 +367,8 @@ class Nvml:
                 if value is None:
                     self._error(
                         ("field-type", fid, int(fv.valueType)),
-                        "NVML field %d: unknown valueType %d; reported as absent",
+                        "NVML field %d: unknown valueType %d or a value that is not finite; "
+                        "reported as absent",
                         fid,
                         int(fv.valueType),
                     )

@@ -13,11 +13,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from dcwatch.exporters.sources import limits
 from dcwatch.exporters.sources.sysfs import FileCache, list_dir
 
-_ZONE_RE = re.compile(r"^intel-rapl(?:-mmio)?(:\d+)+$")
-_PACKAGE_RE = re.compile(r"^package-(\d+)$")
+_ZONE_RE = re.compile(r"^intel-rapl(?:-mmio)?(:\d+)+$", re.ASCII)
+_PACKAGE_RE = re.compile(r"^package-(\d+)$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,15 @@ class RaplZone:
     package: str  # "0"; "" for platform-wide domains (psys)
     max_range_uj: int | None  # None when unknown
     readable: bool  # False when energy_uj exists but permission is denied
+
+    MAX_PACKAGE_WATTS: ClassVar[float] = limits.RAPL_PACKAGE_MAX_WATTS
+
+    def energy_is_physical(self, raw_uj: int) -> bool:
+        """Whether ``energy_uj`` can hold ``raw_uj``: 0 to ``max_energy_range_uj`` (it wraps).
+
+        Anything else (negative, beyond the range) is a misread, not a wrap or a jump.
+        """
+        return raw_uj >= 0 and (self.max_range_uj is None or raw_uj <= self.max_range_uj)
 
     @property
     def energy_path(self) -> str:
@@ -88,7 +99,7 @@ def discover_rapl(sysfs: Path) -> list[RaplZone]:
             if package is None:
                 package = packages.get(parent, "")
             packages[zone] = package
-            max_range = fc.read_int(os.path.join(path, "max_energy_range_uj"))
+            max_range = fc.read_int(os.path.join(path, "max_energy_range_uj"), limits.positive)
             zones.append(
                 RaplZone(
                     zone, path, name, domain or "unknown", package, max_range or None, readable
@@ -105,7 +116,8 @@ class WrapCounter:
     Each time the raw value goes down the counter has wrapped, so one range is added to the
     offset. With the range unknown it is treated as a restart from 0 (the last value is kept).
     A wrap that happens twice between two reads cannot be seen; reads every few minutes are
-    enough for any real RAPL counter.
+    enough for any real RAPL counter. Raw values outside ``0..range`` are misreads, not wraps:
+    the caller refuses them first (:meth:`RaplZone.energy_is_physical`).
     """
 
     __slots__ = ("last", "offset", "range")

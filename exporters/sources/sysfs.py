@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
+
+from dcwatch.exporters.sources.limits import INT64_MIN, UINT64_MAX
 
 log = logging.getLogger("dcwatch.sysfs")
 T = TypeVar("T")
@@ -79,31 +82,43 @@ class FileCache:
         text = self.read(path)
         return None if text is None else text.strip()
 
-    def read_int(self, path: str | os.PathLike[str]) -> int | None:
+    def read_int(
+        self, path: str | os.PathLike[str], valid: Callable[[int], bool] | None = None
+    ) -> int | None:
+        """The file's integer; ``None`` if absent, and a counted read error if it is not an
+        integer (:func:`parse_int`) or ``valid`` says it cannot be physical."""
         text = self.read(path)
         if text is None:
             return None
-        try:
-            return int(text.strip())
-        except ValueError:
-            self._bad_value(os.fspath(path), text)
+        value = parse_int(text)
+        if value is None:
+            self.reject(path, text, "unparsable value")
+        elif valid is not None and not valid(value):
+            self.reject(path, text, "impossible value")
             return None
+        return value
 
     def read_float(self, path: str | os.PathLike[str]) -> float | None:
+        """The file's finite number; ``None`` if absent, a counted read error if not one."""
         text = self.read(path)
         if text is None:
             return None
         try:
-            return float(text.strip())
+            value = float(text.strip())
         except ValueError:
-            self._bad_value(os.fspath(path), text)
+            value = math.nan
+        if not math.isfinite(value):
+            self.reject(path, text, "unparsable value")
             return None
+        return value
 
-    def _bad_value(self, path: str, text: str) -> None:
+    def reject(self, path: str | os.PathLike[str], text: str, why: str) -> None:
+        """Count a read that returned something unusable as a read error; log once per file."""
         self.errors += 1
-        if path not in self._logged:
-            self._logged.add(path)
-            log.warning("unparsable value in %s: %r; reported as absent", path, text[:40])
+        p = os.fspath(path)
+        if p not in self._logged:
+            self._logged.add(p)
+            log.warning("%s in %s: %r; reported as absent", why, p, text[:40])
 
     def _forget(self, p: str) -> None:
         fd = self._fds.pop(p, None)
@@ -114,6 +129,20 @@ class FileCache:
     def close(self) -> None:
         for p in list(self._fds):
             self._forget(p)
+
+
+def parse_int(text: str) -> int | None:
+    """A kernel-printed integer: optional sign, ASCII digits, at most 64 bits; else ``None``.
+
+    Stricter than ``int()``, which also takes ``1_000`` and non-ASCII digits that no kernel
+    prints, and numbers of any size.
+    """
+    s = text.strip()
+    digits = s[1:] if s[:1] in ("+", "-") else s
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
+        return None
+    value = int(s)
+    return value if INT64_MIN <= value <= UINT64_MAX else None
 
 
 def _pread_all(fd: int) -> str:

@@ -13,14 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcwatch.exporters.sources import limits
 from dcwatch.exporters.sources.sysfs import FileCache, list_dir
 
-_ZONE_RE = re.compile(r"^thermal_zone(\d+)$")
-_COOLING_RE = re.compile(r"^cooling_device(\d+)$")
-_TRIP_RE = re.compile(r"^trip_point_(\d+)_type$")
-# The kernel's THERMAL_TEMP_INVALID, and 0, which x86_pkg_temp and other writable trips read
-# until someone sets them: neither is a real trip temperature.
-_TRIP_INVALID_MC = -274000
+_ZONE_RE = re.compile(r"^thermal_zone(\d+)$", re.ASCII)
+_COOLING_RE = re.compile(r"^cooling_device(\d+)$", re.ASCII)
+_TRIP_RE = re.compile(r"^trip_point_(\d+)_type$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,10 @@ class ThermalZone:
     temp_path: str
     trips: tuple[TripPoint, ...]
 
+    def is_physical(self, raw_millidegrees: int) -> bool:
+        """Whether ``temp`` holds a temperature (the kernel's THERMAL_TEMP_INVALID does not)."""
+        return limits.millicelsius(raw_millidegrees)
+
 
 @dataclass(frozen=True)
 class CoolingDevice:
@@ -45,10 +47,16 @@ class CoolingDevice:
     cur_path: str
     max_path: str
 
+    def is_physical(self, raw_state: int) -> bool:
+        """Cooling states are unsigned in the kernel."""
+        return limits.non_negative(raw_state)
+
 
 def trip_is_set(raw_millidegrees: int) -> bool:
-    """False for the values meaning "no trip here" (0 and THERMAL_TEMP_INVALID)."""
-    return raw_millidegrees != 0 and raw_millidegrees > _TRIP_INVALID_MC
+    """False for the values meaning "no trip here": 0, which x86_pkg_temp and other writable
+    trips read until someone sets them, the kernel's THERMAL_TEMP_INVALID (-274 °C), and
+    anything else no temperature can be."""
+    return raw_millidegrees != 0 and limits.millicelsius(raw_millidegrees)
 
 
 def _numbered(names: list[str], pattern: re.Pattern[str]) -> list[str]:

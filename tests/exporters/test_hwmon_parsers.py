@@ -10,14 +10,17 @@ import pytest
 from dcwatch.exporters.sources.hwmon import (
     HwmonChip,
     HwmonSensor,
+    ScaledRead,
     cpu_temps,
     discover_hwmon,
     fan_min_is_set,
     parse_attr,
     parse_coretemp_label,
+    read_scaled,
     temp_threshold_is_set,
 )
 from dcwatch.exporters.sources.powercap import WrapCounter, discover_rapl, parse_zone_name
+from dcwatch.exporters.sources.sysfs import FileCache
 from dcwatch.exporters.sources.thermal_zone import discover_thermal, trip_is_set
 from tests.exporters.sysfs_trees import GPU_NODE, MINIMAL_VM
 
@@ -75,6 +78,47 @@ def test_threshold_sentinels() -> None:
     assert trip_is_set(105000) and trip_is_set(-10000)
     assert not trip_is_set(0)  # x86_pkg_temp's unset passive trips
     assert not trip_is_set(-274000)  # THERMAL_TEMP_INVALID
+    assert not temp_threshold_is_set(2_000_001) and not trip_is_set(10**35)  # beyond any sensor
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "physical"),
+    [
+        ("temp", 45000, True),
+        ("temp", -40000, True),
+        ("temp", -273150, False),  # absolute zero: no sensor gets there
+        ("temp", -273150000, False),
+        ("temp", 2_000_000, True),  # a thermocouple converter's top end
+        ("temp", 10**35, False),
+        ("fan", 0, True),  # stopped
+        ("fan", -1, False),
+        ("power", 0, True),
+        ("power", -1, False),
+        ("power", 10**12 + 1, False),  # over 1 MW through one sensor
+        ("energy", -5, False),
+        ("in", -12000, True),  # a -12 V rail
+        ("curr", -1812, True),  # a bidirectional shunt, discharging
+    ],
+)
+def test_sensor_physical_ranges(kind: str, raw: int, physical: bool) -> None:
+    assert HwmonSensor(kind, f"{kind}1", "", "/x").is_physical(raw) is physical
+
+
+def test_read_scaled_refuses_impossible_values_as_read_errors(tmp_path: Path) -> None:
+    write(tmp_path, temp1_input=-273150000, temp2_input=45500, temp3_crit=0, fan1_input=-1)
+    temp = HwmonSensor("temp", "temp1", "", "").is_physical
+    fan = HwmonSensor("fan", "fan1", "", "").is_physical
+    reads = [
+        ScaledRead(str(tmp_path / "temp1_input"), 1000.0, ("t1",), valid=temp),
+        ScaledRead(str(tmp_path / "temp2_input"), 1000.0, ("t2",), valid=temp),
+        ScaledRead(str(tmp_path / "temp3_crit"), 1000.0, ("c3",), keep=temp_threshold_is_set),
+        ScaledRead(str(tmp_path / "fan1_input"), 1.0, ("f1",), valid=fan),
+    ]
+    files = FileCache()
+    got = [(r.outputs[0], v) for r, v in read_scaled(files, reads)]
+    assert got == [("t2", 45.5), ("c3", 0.0)]  # crit 0 °C is a (strange) set threshold
+    assert files.errors == 2  # temp1 and fan1; an unset threshold is not an error
+    files.close()
 
 
 def _chip(chip: str, name: str, device: str, *labels: str) -> HwmonChip:
@@ -279,3 +323,15 @@ def test_wrap_counter() -> None:
     assert [c.update(v) for v in (990, 995, 5, 10, 400, 3)] == [990, 995, 1005, 1010, 1400, 2003]
     unknown = WrapCounter(None)  # no max_energy_range_uj: treated as a restart from 0
     assert [unknown.update(v) for v in (50, 70, 10)] == [50, 70, 80]
+
+
+def test_discover_rapl_garbage_range_is_unknown(tmp_path: Path) -> None:
+    pc = tmp_path / "class/powercap"
+    write(pc / "intel-rapl:0", name="package-0", energy_uj=5, max_energy_range_uj=-100)
+    write(pc / "intel-rapl:1", name="package-1", energy_uj=5, max_energy_range_uj="1e21")
+    write(pc / "intel-rapl:2", name="package-2", energy_uj=5, max_energy_range_uj=100)
+    zones = discover_rapl(tmp_path)
+    assert [z.max_range_uj for z in zones] == [None, None, 100]
+    # Unknown range: only negative energy is impossible; known range: above it too.
+    assert zones[0].energy_is_physical(10**15) and not zones[0].energy_is_physical(-1)
+    assert zones[2].energy_is_physical(100) and not zones[2].energy_is_physical(101)

@@ -218,3 +218,35 @@ def test_reader_rediscovers_on_its_interval(tmp_path: Path) -> None:
         assert r.hcas()[0].fw_ver == "20.40.1000"
     finally:
         r.close()
+
+
+@pytest.mark.parametrize(
+    "text", ["-4: ACTIVE", "\u0664: ACTIVE", "4.0: ACTIVE", "1" * 30 + ": ACTIVE"]
+)
+def test_parse_state_needs_a_small_non_negative_integer(text: str) -> None:
+    assert parse_state(text) is None
+
+
+@pytest.mark.parametrize("text", ["9" * 400 + " Gb/sec", "\u0662\u0660\u0660 Gb/sec (4X HDR)"])
+def test_parse_rate_refuses_infinite_and_non_ascii_rates(text: str) -> None:
+    assert parse_rate(text) is None
+
+
+def test_negative_or_garbage_counters_are_read_errors(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    shutil.copytree(GPU / "sys", sysfs, symlinks=True)
+    port = sysfs / "class/infiniband/mlx5_0/ports/1"
+    (port / "counters/symbol_error").write_text("-3\n")
+    (port / "counters/port_rcv_data").write_text("1" * 30 + "\n")  # beyond 64 bits
+    (port / "hw_counters/out_of_buffer").write_text("-2231\n")
+    r = InfinibandReader(sysfs, 60.0)
+    try:
+        m0 = next(h for h in r.hcas() if h.name == "mlx5_0")
+        p1 = r.read_port(m0.ports[0])
+        assert p1 is not None
+        assert "symbol_error" not in p1.counters and "port_rcv_data" not in p1.counters
+        assert "out_of_buffer" not in p1.hw_counters
+        assert p1.counters["port_xmit_data"] == 1829384756102 * 4  # the rest still read
+        assert r.errors == 3
+    finally:
+        r.close()

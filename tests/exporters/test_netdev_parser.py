@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from dcwatch.exporters.sources.procfs import (
     NETDEV_FIELDS,
     NetDevStats,
     parse_netdev,
     parse_vlan_config,
+    read_netdev,
 )
+from dcwatch.exporters.sources.sysfs import FileCache
 
 HEADER = (
     "Inter-|   Receive                                                |  Transmit\n"
     " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs "
     "drop fifo colls carrier compressed\n"
 )
+GOOD = "  eth1: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"
 
 
 def test_header_lines_are_skipped_and_columns_map_in_order() -> None:
@@ -67,6 +74,53 @@ def test_malformed_lines_are_skipped() -> None:
     assert [s.device for s in parse_netdev(text)] == ["ok"]
 
 
+def test_malformed_lines_are_reported_to_the_caller() -> None:
+    text = HEADER + (
+        "broken: 1 2 3\n"
+        "no colon at all\n"
+        ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"
+        "\n"
+        "ok: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"
+    )
+    bad: list[str] = []
+    assert [s.device for s in parse_netdev(text, malformed=bad)] == ["ok"]
+    assert bad == ["broken: 1 2 3", "no colon at all", ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16"]
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["-5", "+5", "1.5", "1e3", "0x10", "1_000", "\u0661", str(2**64), "NaN"],
+    ids=["negative", "plus", "fraction", "exponent", "hex", "underscore", "arabic-digit",
+         "beyond-u64", "nan"],
+)  # fmt: skip
+def test_counters_are_non_negative_u64_integers(field: str) -> None:
+    text = HEADER + (
+        f"  eth0: 1 2 3 4 5 6 7 8 {field} 10 11 12 13 14 15 16\n"
+        "  eth1: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"
+    )
+    bad: list[str] = []
+    assert [s.device for s in parse_netdev(text, malformed=bad)] == ["eth1"]
+    assert len(bad) == 1 and bad[0].startswith("  eth0:")
+
+
+def test_a_repeated_name_keeps_the_first_line() -> None:
+    text = "eth0: " + " ".join(["1"] * 16) + "\neth0: " + " ".join(["2"] * 16) + "\n"
+    bad: list[str] = []
+    (s,) = parse_netdev(text, malformed=bad)
+    assert s.receive_bytes == 1 and len(bad) == 1
+
+
+def test_read_netdev_counts_malformed_lines_as_read_errors(tmp_path: Path) -> None:
+    path = tmp_path / "dev"
+    path.write_text(HEADER + "eth0: -1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n" + GOOD)
+    cache = FileCache()
+    stats = read_netdev(cache, path)
+    assert stats is not None and [s.device for s in stats] == ["eth1"]
+    assert cache.errors == 1
+    assert read_netdev(cache, tmp_path / "missing") is None and cache.errors == 1
+    cache.close()
+
+
 def test_extra_columns_from_a_future_kernel_are_ignored() -> None:
     (s,) = parse_netdev("eth0: " + " ".join(str(i) for i in range(1, 20)) + "\n")
     assert s.transmit_compressed == 16
@@ -110,3 +164,8 @@ def test_vlan_config() -> None:
     assert (got["bond0.100"].vlan_id, got["bond0.100"].parent) == (100, "bond0")
     assert (got["vlan2001"].vlan_id, got["vlan2001"].parent) == (2001, "eno1")
     assert parse_vlan_config("") == {}
+
+
+def test_vlan_config_refuses_ids_no_tag_can_carry() -> None:
+    text = "ok | 4095 | eno1\nbig | 4096 | eno1\nneg | -1 | eno1\nodd | \u00b2 | eno1\n"
+    assert set(parse_vlan_config(text)) == {"ok"}

@@ -395,3 +395,99 @@ def test_small_parsers() -> None:
     assert arphrd_name("1") == "ether" and arphrd_name("32\n") == "infiniband"
     assert arphrd_name("772") == "loopback" and arphrd_name("9999") == "9999"
     assert arphrd_name(None) == ""
+
+
+# --- missing files and values that cannot be physical -----------------------------------------
+
+NETDEV_HEADER = (
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs "
+    "drop fifo colls carrier compressed\n"
+)
+
+
+def _node_exporter_like_tree(root: Path, **overrides: str) -> None:
+    """One device laid out like node_exporter's sys.ttar: link attributes, no ``uevent``."""
+    (root / "proc/net").mkdir(parents=True)
+    (root / "proc/net/dev").write_text(
+        NETDEV_HEADER + "  eth0: 68210035552 520993275 0 0 0 0 0 0 "
+        "9315587528 43451486 0 0 0 0 0 0\n"
+    )
+    dev = root / "sys/devices/pci0000:00/0000:00:1f.6/net/eth0"
+    dev.mkdir(parents=True)
+    attrs = {"address": "01:01:01:01:01:01", "carrier": "1", "carrier_changes": "2",
+             "duplex": "full", "flags": "0x1303", "mtu": "1500", "operstate": "up",
+             "speed": "1000", "type": "1", **overrides}  # fmt: skip
+    for name, value in attrs.items():
+        (dev / name).write_text(f"{value}\n")
+    (dev / "device").symlink_to("../../../0000:00:1f.6")
+    (root / "sys/class/net").mkdir(parents=True)
+    (root / "sys/class/net/eth0").symlink_to("../../devices/pci0000:00/0000:00:1f.6/net/eth0")
+
+
+def test_device_without_uevent_keeps_its_link_attributes(tmp_path: Path) -> None:
+    _node_exporter_like_tree(tmp_path)
+    c = collector(tmp_path)
+    try:
+        m = scrape(c)
+        assert m.get("dcwatch_network_speed_bytes_per_second", device="eth0") == 125e6
+        assert m.get("dcwatch_network_mtu_bytes", device="eth0") == 1500
+        assert m.get("dcwatch_network_carrier_changes_total", device="eth0") == 2
+        assert m.get("dcwatch_network_carrier", device="eth0") == 1
+        assert m.get("dcwatch_network_up", device="eth0") == 1
+        info = m.labels("dcwatch_network_info", device="eth0")
+        assert (info["address"], info["type"], info["kind"]) == (
+            "01:01:01:01:01:01",
+            "ether",
+            "physical",  # uevent's DEVTYPE is missing; the device link still says so
+        )
+        assert c.read_errors() == 0
+    finally:
+        c.close()
+
+
+def test_link_values_that_cannot_be_physical_are_read_errors(tmp_path: Path) -> None:
+    _node_exporter_like_tree(
+        tmp_path, carrier="7", carrier_changes="-2", mtu="-1500", speed="9" * 400
+    )
+    c = collector(tmp_path)
+    try:
+        m = scrape(c)
+        for name in ("carrier", "carrier_changes_total", "mtu_bytes", "speed_bytes_per_second"):
+            assert m.get(f"dcwatch_network_{name}", device="eth0") is None, name
+        assert m.get("dcwatch_network_up", device="eth0") == 1
+        assert m.get("dcwatch_network_receive_bytes_total", device="eth0") == 68210035552
+        assert c.read_errors() == 3  # carrier, carrier_changes, mtu; a speed is not counted
+    finally:
+        c.close()
+
+
+def test_negative_netdev_counter_costs_that_line_only(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    netdev = root / "proc/net/dev"
+    netdev.write_text(netdev.read_text().replace("48213967315024", "-48213967315024"))
+    c = collector(root)
+    try:
+        m = scrape(c)
+        assert "eno1" not in m.devices()
+        assert m.get("dcwatch_network_receive_bytes_total", device="eno2") == 47120338571906
+        assert m.get("dcwatch_network_mtu_bytes", device="eno2") == 9000
+        assert c.read_errors() == 1
+        scrape(c)
+        assert c.read_errors() == 2  # counted each scrape it is there
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("0x1003\n", 0x1003),
+        ("1003", 0x1003),
+        ("-0x1", None),
+        ("0x1_0", None),
+        ("0x" + "f" * 17, None),
+    ],
+)
+def test_parse_flags_only_takes_hex(text: str, want: int | None) -> None:
+    assert parse_flags(text) == want

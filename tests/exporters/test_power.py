@@ -87,6 +87,20 @@ def test_parse_dcmi_not_available(text: str, why: str) -> None:
         parse_dcmi_power_reading(text)
 
 
+def test_parse_dcmi_refuses_what_dcmi_cannot_carry() -> None:
+    """DCMI's power fields are 2 bytes of watts, its period 4 bytes of milliseconds."""
+    with pytest.raises(IpmiError, match="impossible instantaneous power 70000 W"):
+        parse_dcmi_power_reading("Instantaneous power reading: 70000 Watts\n")
+    with pytest.raises(IpmiError, match="impossible"):
+        parse_dcmi_power_reading("Instantaneous power reading: " + "9" * 400 + " Watts\n")
+    r = parse_dcmi_power_reading(
+        DCMI_1_8_19.replace("2        Watts", "99999 Watts").replace(
+            "1000 Milliseconds", "99999999999 Milliseconds"
+        )
+    )
+    assert r == DcmiPowerReading(214, None, 468, 184, None)
+
+
 # --- RAPL and hwmon over the captured tree ----------------------------------------------------
 
 
@@ -215,6 +229,93 @@ def test_rapl_permission_granted_later_is_picked_up(
     c.close()
 
 
+def _rapl_series(text: str) -> dict[str, float]:
+    """RAPL energy by zone, as one scrape exported it."""
+    return {
+        z: v
+        for z in ("intel-rapl:0", "intel-rapl:0:0", "intel-rapl:1", "intel-rapl:1:0")
+        if (v := sample(text, "dcwatch_rapl_energy_joules_total", zone=z)) is not None
+    }
+
+
+def test_rapl_garbage_is_a_read_error_not_a_jump(tmp_path: Path) -> None:
+    """energy_uj reads -5, then 1e21, then 100: the first two are misreads; 100 is a wrap."""
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = PowerCollector(AgentConfig(sysfs=sysfs))
+    c.clock = clock = Clock()
+    start = 143872091342
+    (sysfs / RAPL0).write_text(f"{start}\n")
+    seen = [_rapl_series(scrape(c))]
+    watts: list[float | None] = []
+    for raw in ("-5", "1" + "0" * 21, "100"):
+        clock.t += 10
+        (sysfs / RAPL0).write_text(f"{raw}\n")
+        t = scrape(c)
+        seen.append(_rapl_series(t))
+        watts.append(sample(t, "dcwatch_node_power_watts", source="rapl"))
+    pkg0 = [s.get("intel-rapl:0") for s in seen]
+    assert pkg0[1] is None and pkg0[2] is None  # misreads: omitted, not values
+    # 100 < the last good value, both in range: one wrap (RAPL1_MAX is also package 0's range).
+    assert pkg0[3] == pytest.approx((RAPL1_MAX + 100) / 1e6)
+    assert pkg0[0] is not None and pkg0[3] >= pkg0[0]
+    # Package power needs every package: none while package 0 misreads, and the window starts
+    # afresh after them, so no rate spans the gap.
+    assert watts == [None, None, None]
+    assert c.read_errors() == 2
+    # The next window is a normal one: 3000 J in 10 s on package 0, package 1 idle.
+    clock.t += 10
+    (sysfs / RAPL0).write_text(f"{100 + 3000_000000}\n")
+    t = scrape(c)
+    assert sample(t, "dcwatch_node_power_watts", source="rapl") == pytest.approx(300.0)
+    assert _rapl_series(t)["intel-rapl:0"] == pytest.approx((RAPL1_MAX + 3000_000100) / 1e6)
+    assert c.read_errors() == 2
+    c.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["-5", "1" + "0" * 21, str(RAPL1_MAX + 1), "12.5", "0x10", "", "1_000"],
+    ids=["negative", "1e21", "beyond-range", "fraction", "hex", "empty", "underscore"],
+)
+def test_rapl_impossible_energy_is_omitted_and_counted(tmp_path: Path, raw: str) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = PowerCollector(AgentConfig(sysfs=sysfs))
+    (sysfs / RAPL1).write_text(f"{raw}\n")
+    t = scrape(c)
+    assert sample(t, "dcwatch_rapl_energy_joules_total", zone="intel-rapl:1") is None
+    assert sample(t, "dcwatch_rapl_energy_joules_total", zone="intel-rapl:0") == 143872.091342
+    assert c.read_errors() == 1
+    c.close()
+
+
+def test_rapl_energy_at_its_range_is_a_value(tmp_path: Path) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = PowerCollector(AgentConfig(sysfs=sysfs))
+    for raw in (RAPL1_MAX, 0):  # the top of the range, then its wrap to 0
+        (sysfs / RAPL1).write_text(f"{raw}\n")
+        t = scrape(c)
+        assert sample(t, "dcwatch_rapl_energy_joules_total", zone="intel-rapl:1") == RAPL1_MAX / 1e6
+    assert c.read_errors() == 0
+    c.close()
+
+
+def test_rapl_power_no_package_can_draw_is_omitted(tmp_path: Path) -> None:
+    """An in-range misread looks like a wrap; the rate it implies gives it away."""
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    c = PowerCollector(AgentConfig(sysfs=sysfs))
+    c.clock = clock = Clock()
+    scrape(c)
+    clock.t += 2
+    (sysfs / RAPL0).write_text("100\n")  # a "wrap" adding 118 kJ in 2 s: 59 kW
+    t = scrape(c)
+    assert sample(t, "dcwatch_node_power_watts", source="rapl") is None
+    clock.t += 10
+    (sysfs / RAPL0).write_text(f"{100 + 3000_000000}\n")  # then 3000 J in 10 s: 300 W
+    t = scrape(c)
+    assert sample(t, "dcwatch_node_power_watts", source="rapl") == pytest.approx(300.0)
+    c.close()
+
+
 def test_hwmon_power_energy_current_amd_node(tmp_path: Path) -> None:
     """A tree of another shape: power*_input (PMBus PSU), energy*_input (amd_energy), curr."""
     hw = tmp_path / "sys/class/hwmon"
@@ -245,6 +346,39 @@ def test_hwmon_power_energy_current_amd_node(tmp_path: Path) -> None:
 def test_power_meter_unreadable_no_partial_sum(tmp_path: Path) -> None:
     sysfs = copy_sys(GPU_NODE, tmp_path)
     (sysfs / "class/hwmon/hwmon5/power1_average").write_text("n/a\n")
+    c = PowerCollector(AgentConfig(sysfs=sysfs))
+    t = scrape(c)
+    assert sample(t, "dcwatch_hwmon_power_watts", chip="ACPI000D:00") is None
+    assert sample(t, "dcwatch_node_power_watts", source="hwmon") is None
+    assert c.read_errors() == 1
+    c.close()
+
+
+def test_hwmon_impossible_power_and_energy_are_read_errors(tmp_path: Path) -> None:
+    """Power and energy are use, never negative; voltages and currents can be."""
+    hw = tmp_path / "sys/class/hwmon/hwmon0"
+    hw.mkdir(parents=True)
+    attrs = {"name": "pmbus", "power1_input": -412500000, "power2_input": 10**13,
+             "power3_input": 388000000, "energy1_input": -5, "energy2_input": 8815625000,
+             "in1_input": -12100, "curr1_input": -1812}  # fmt: skip
+    for k, v in attrs.items():
+        (hw / k).write_text(f"{v}\n")
+    c = PowerCollector(AgentConfig(sysfs=tmp_path / "sys"))
+    t = scrape(c)
+    assert sample(t, "dcwatch_hwmon_power_watts", sensor="power1") is None
+    assert sample(t, "dcwatch_hwmon_power_watts", sensor="power2") is None  # 10 MW
+    assert sample(t, "dcwatch_hwmon_power_watts", sensor="power3") == 388.0
+    assert sample(t, "dcwatch_hwmon_energy_joules_total", sensor="energy1") is None
+    assert sample(t, "dcwatch_hwmon_energy_joules_total", sensor="energy2") == 8815.625
+    assert sample(t, "dcwatch_hwmon_voltage_volts", sensor="in1") == -12.1  # a -12 V rail
+    assert sample(t, "dcwatch_hwmon_current_amperes", sensor="curr1") == -1.812  # discharging
+    assert c.read_errors() == 3
+    c.close()
+
+
+def test_negative_power_meter_is_a_read_error_and_no_sum(tmp_path: Path) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    (sysfs / "class/hwmon/hwmon5/power1_average").write_text("-1843000000\n")
     c = PowerCollector(AgentConfig(sysfs=sysfs))
     t = scrape(c)
     assert sample(t, "dcwatch_hwmon_power_watts", chip="ACPI000D:00") is None

@@ -197,3 +197,91 @@ def test_no_hardware_is_no_data_not_failure(tmp_path: Path) -> None:
     assert not any(n.startswith(("dcwatch_hwmon", "dcwatch_thermal", "dcwatch_cpu")) for n in names)
     state = runner.state["thermal"]
     assert state.ok and state.no_data
+
+
+# --- readings that cannot be physical ---------------------------------------------------------
+
+CORE_PKG0 = "class/hwmon/hwmon3/temp1_input"  # coretemp.0 "Package id 0", also a CPU temperature
+ZONE0 = "class/thermal/thermal_zone0/temp"
+BASE_ERRORS = 1  # the fixture's empty coretemp.1 temp5_input, every scrape
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["1" + "0" * 35, "-273150000", "-273150", "-274000", "2000001", "45e3", "nan", "+inf"],
+    ids=[
+        "1e35",
+        "-273150C",
+        "absolute-zero",
+        "THERMAL_TEMP_INVALID",
+        "2000C",
+        "float",
+        "nan",
+        "inf",
+    ],
+)
+def test_impossible_temperature_is_a_read_error(tmp_path: Path, raw: str) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    (sysfs / CORE_PKG0).write_text(f"{raw}\n")
+    (sysfs / ZONE0).write_text(f"{raw}\n")
+    c = ThermalCollector(AgentConfig(sysfs=sysfs))
+    t = scrape(c)
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="coretemp.0", sensor="temp1") is None
+    assert sample(t, "dcwatch_cpu_temp_celsius", package="0", core="") is None
+    assert sample(t, "dcwatch_thermal_zone_temp_celsius", zone="thermal_zone0") is None
+    # Only those two: the sensor's thresholds and every other sensor are still there.
+    assert sample(t, "dcwatch_hwmon_temp_crit_celsius", chip="coretemp.0", sensor="temp1") == 100
+    assert sample(t, "dcwatch_cpu_temp_celsius", package="0", core="3") == 51.0
+    assert sample(t, "dcwatch_thermal_zone_trip_point_celsius", zone="thermal_zone0", trip="0")
+    assert c.read_errors() == BASE_ERRORS + 2
+    assert "e+" not in t and "NaN" not in t and "Inf" not in t
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "celsius"),
+    [("-273149", -273.149), ("2000000", 2000.0), ("-40000", -40.0), ("131000", 131.0)],
+)
+def test_extreme_but_physical_temperature_is_a_value(
+    tmp_path: Path, raw: str, celsius: float
+) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    (sysfs / CORE_PKG0).write_text(f"{raw}\n")
+    (sysfs / ZONE0).write_text(f"{raw}\n")
+    c = ThermalCollector(AgentConfig(sysfs=sysfs))
+    t = scrape(c)
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="coretemp.0", sensor="temp1") == celsius
+    assert sample(t, "dcwatch_thermal_zone_temp_celsius", zone="thermal_zone0") == celsius
+    assert c.read_errors() == BASE_ERRORS
+    c.close()
+
+
+def test_negative_fan_and_cooling_state_are_read_errors(tmp_path: Path) -> None:
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    (sysfs / "class/hwmon/hwmon6/fan1_input").write_text("-1\n")
+    (sysfs / "class/thermal/cooling_device4/cur_state").write_text("-3\n")
+    c = ThermalCollector(AgentConfig(sysfs=sysfs))
+    t = scrape(c)
+    assert sample(t, "dcwatch_hwmon_fan_rpm", chip="nct6775.656", sensor="fan1") is None
+    assert sample(t, "dcwatch_hwmon_fan_rpm", chip="nct6775.656", sensor="fan2") == 2350
+    dev = dict(device="cooling_device4")
+    assert sample(t, "dcwatch_cooling_device_cur_state", **dev) is None
+    assert sample(t, "dcwatch_cooling_device_max_state", **dev) == 50
+    assert c.read_errors() == BASE_ERRORS + 2
+    c.close()
+
+
+def test_impossible_thresholds_mean_not_set(tmp_path: Path) -> None:
+    """Drivers use out-of-range thresholds as "none": omitted, not counted."""
+    sysfs = copy_sys(GPU_NODE, tmp_path)
+    (sysfs / "class/hwmon/hwmon3/temp1_crit").write_text("5000000\n")  # 5000 °C
+    (sysfs / "class/thermal/thermal_zone0/trip_point_0_temp").write_text("-300000\n")
+    c = ThermalCollector(AgentConfig(sysfs=sysfs))
+    t = scrape(c)
+    assert sample(t, "dcwatch_hwmon_temp_crit_celsius", chip="coretemp.0", sensor="temp1") is None
+    assert sample(t, "dcwatch_hwmon_temp_celsius", chip="coretemp.0", sensor="temp1") == 52.0
+    trip = "dcwatch_thermal_zone_trip_point_celsius"
+    assert sample(t, trip, zone="thermal_zone0", trip="0") is None
+    assert sample(t, trip, zone="thermal_zone0", trip="1") == 95.0
+    assert c.read_errors() == BASE_ERRORS
+    c.close()
