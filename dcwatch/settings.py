@@ -44,6 +44,9 @@ class Setting:
     is_list: bool = False
     # How help writes the default; None: inferred from ``convert`` and the default's type.
     show: Callable[[Any], str] | None = None
+    # A password or token: accepted from the environment and the file, refused as a flag (a
+    # command line is readable by every user through ps and /proc/PID/cmdline).
+    secret: bool = False
 
     @property
     def flag_name(self) -> str:
@@ -194,9 +197,22 @@ def config_file(args: argparse.Namespace, env: Mapping[str, str]) -> Path | None
 
 
 def add_arguments(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> None:
-    """Add one flag per setting; unset flags stay ``None`` so lower layers show through."""
+    """Add one flag per setting; unset flags stay ``None`` so lower layers show through.
+
+    A secret's flag exists only to be refused with a pointer to the safe ways (see
+    :func:`resolve`): without it, argparse would take ``--prometheus-password X`` as an
+    abbreviation of ``--prometheus-password-file`` and read a file named after the password.
+    """
     for s in table:
-        if s.is_list:
+        if s.secret:
+            parser.add_argument(
+                s.flag_name,
+                dest=s.dest,
+                default=None,
+                metavar="REFUSED",
+                help=f"{s.help}: not accepted as a flag (visible in ps); {_secret_ways(s, table)}",
+            )
+        elif s.is_list:
             parser.add_argument(
                 s.flag_name,
                 dest=s.dest,
@@ -221,6 +237,15 @@ def add_arguments(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> 
                 metavar=_metavar(s),
                 help=f"{s.help} (default {show_default(s)}; env {s.env_name})",
             )
+
+
+def _secret_ways(s: Setting, table: Sequence[Setting]) -> str:
+    """Where a secret may come from instead of a flag."""
+    ways = [f"env {s.env_name}", "the config file"]
+    variant = next((t for t in table if t.key == s.key + "_file"), None)
+    if variant is not None:
+        ways.insert(0, f"{variant.flag_name} PATH")
+    return "use " + ", ".join(ways[:-1]) + " or " + ways[-1]
 
 
 def _is_duration(s: Setting) -> bool:
@@ -307,6 +332,13 @@ def resolve(
     queries): they are returned raw in the second dict for the caller to parse.
     """
     env = os.environ if env is None else env
+    if args is not None:
+        for s in table:
+            if s.secret and getattr(args, s.dest, None) is not None:
+                raise ConfigError(
+                    f"flag {s.flag_name}: refused, a secret on the command line is visible to "
+                    f"every user (ps); {_secret_ways(s, table)}"
+                )
     by_key = {s.key: s for s in table}
     values = {s.key: s.default for s in table}
     raw_sections: dict[str, Any] = {}

@@ -44,6 +44,13 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", st.one_of("debug", "info", "warning", "error"), "info", "log level"),
     Setting(
+        "web_config",
+        st.to_optional_path,
+        None,
+        "web config file (TLS, basic auth for every endpoint) in the Prometheus "
+        "exporter-toolkit format",
+    ),
+    Setting(
         "queries_file",
         st.to_optional_path,
         None,
@@ -61,7 +68,8 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
         "targets_file",
         st.to_optional_path,
         None,
-        "file of agent URLs (one per line or a YAML list), reloaded when it changes",
+        "file of agent URLs (one per line or a YAML list, entries may carry basic_auth, "
+        "bearer_token_file, tls_config), reloaded when it changes",
     ),
     Setting("embedded.scrape_interval", st.to_positive_float, 15.0, "embedded scrape interval"),
     Setting("embedded.scrape_timeout", st.to_positive_float, 10.0, "embedded scrape timeout"),
@@ -71,10 +79,35 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
         14 * 86400.0,
         "history kept in the embedded store",
     ),
-    Setting("embedded.concurrency", st.to_int, 64, "targets scraped at once"),
+    Setting(
+        "embedded.concurrency",
+        st.to_int,
+        64,
+        "scrape bodies read and parsed at once (a target that does not answer holds none)",
+    ),
+    Setting(
+        "embedded.body_size_limit",
+        st.to_int,
+        16 << 20,
+        "bytes of one scrape after decompression; a larger body fails the scrape",
+    ),
+    Setting(
+        "embedded.sample_limit",
+        st.to_int,
+        20_000,
+        "samples of one scrape (an 8-GPU node serves ~1-3k); more fails the scrape",
+    ),
+    Setting(
+        "embedded.max_db_bytes",
+        st.to_int,
+        16 << 30,
+        "bytes the embedded store may use; past it the oldest scrapes are deleted first",
+    ),
     Setting("prometheus.url", st.to_str, "", "read from this Prometheus instead of scraping"),
+    Setting("prometheus.bearer_token", st.to_str, "", "bearer token", secret=True),
     Setting("prometheus.bearer_token_file", st.to_optional_path, None, "bearer token file"),
     Setting("prometheus.username", st.to_str, "", "basic auth user"),
+    Setting("prometheus.password", st.to_str, "", "basic auth password", secret=True),
     Setting("prometheus.password_file", st.to_optional_path, None, "basic auth password file"),
     Setting("prometheus.ca_file", st.to_optional_path, None, "CA bundle for https"),
     Setting("prometheus.cert_file", st.to_optional_path, None, "client certificate"),
@@ -84,6 +117,12 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("prometheus.timeout", st.to_positive_float, 30.0, "seconds per query"),
     Setting("prometheus.retries", st.to_int, 3, "retries of a failed query"),
+    Setting(
+        "prometheus.max_response_bytes",
+        st.to_int,
+        256 * 2**20,
+        "largest answer read from Prometheus (bytes, decompressed); a larger one is refused",
+    ),
     Setting("model.step", st.to_positive_float, 15.0, "evaluation step: one score per node"),
     Setting(
         "model.train_window", st.to_positive_float, 7 * 86400.0, "history a model is fitted on"
@@ -109,6 +148,21 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
         "capture group (or whole match) names the group, e.g. '^(dgx-h100)-'; default per node",
     ),
     Setting(
+        "model.max_series",
+        st.to_int,
+        512,
+        "series one node's model keeps; beyond it the most informative are kept and "
+        "dcwatch_model_series_dropped with reason over_limit counts the rest (an 8-GPU node has "
+        "about 210 series with the default queries, a large one about 300)",
+    ),
+    Setting(
+        "model.max_train_rows",
+        st.to_int,
+        40320,
+        "training rows a model learns from (default: a week at 15 s); beyond it the most recent "
+        "rows, and an even sample of a group's pooled rows",
+    ),
+    Setting(
         "model.workers",
         st.to_int,
         1,
@@ -132,6 +186,8 @@ class ModelSettings:
     refit_interval: float = 86400.0
     alerts_per_week: float | None = None  # None: the detector's default
     group_by: str = ""  # regex; empty: one model per node
+    max_series: int = 512  # per node model (ModelConfig.max_series)
+    max_train_rows: int = 40320  # per node model and per group detector
     workers: int = 1
     dask_scheduler: str = ""
 
@@ -141,6 +197,7 @@ class AnalyzerConfig:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
     state_dir: Path = Path("/var/lib/dcwatch")
     log_level: str = "info"
+    web_config: Path | None = None  # TLS and basic auth (dcwatch.webconfig), read by make_app
     queries_file: Path | None = None
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     prometheus: PrometheusConfig | None = None
@@ -205,6 +262,9 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
     model = ModelSettings(**section("model"))
     if model.workers < 0:
         raise ConfigError(f"{where}: key 'model.workers': must be >= 0")
+    for key, least in (("max_series", 1), ("max_train_rows", 2)):
+        if getattr(model, key) < least:
+            raise ConfigError(f"{where}: key 'model.{key}': must be >= {least}")
     if model.min_train > model.train_window:
         raise ConfigError(f"{where}: key 'model.min_train': must not exceed model.train_window")
     if model.step < embedded.scrape_interval and prometheus is None:
@@ -225,6 +285,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
         listen=v["listen"],
         state_dir=state_dir,
         log_level=v["log_level"],
+        web_config=v["web_config"],
         queries_file=v["queries_file"],
         embedded=embedded,
         prometheus=prometheus,

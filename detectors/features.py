@@ -32,6 +32,9 @@ import pandas as pd
 KINDS = ("short", "season")
 _MAD_TO_SIGMA = 1.4826
 _CHUNK = 4096
+# A chunk's sliding windows are copied by ``np.median``: rows x series x window floats. Bounded in
+# bytes, so many series mean fewer rows per chunk (results are the same whatever the chunk).
+_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,9 @@ def trailing_median(x: np.ndarray, window: int, start: int) -> np.ndarray:
     head = min(n, max(start, window))
     for i in range(start, head):
         out[i - start] = np.median(x[max(0, i - window) : i], axis=0) if i > 0 else x[0]
-    for lo in range(head, n, _CHUNK):
-        hi = min(n, lo + _CHUNK)
+    chunk = max(1, min(_CHUNK, _CHUNK_BYTES // max(1, d * window * 8)))
+    for lo in range(head, n, chunk):
+        hi = min(n, lo + chunk)
         win = np.lib.stride_tricks.sliding_window_view(x[lo - window : hi - 1], window, axis=0)
         out[lo - start : hi - start] = np.median(win, axis=-1)
     return out
@@ -203,7 +207,8 @@ class FeatureBuilder:
         index = {n: i for i, n in enumerate(names)}
         take = [index[c] for c in columns]
         self.columns_ = [str(c) for c in columns]
-        self.dropped_ = [str(n) for n in names if n not in set(self.columns_)]
+        kept = set(self.columns_)
+        self.dropped_ = [str(n) for n in names if n not in kept]
         raw = raw[:, take]
         self.fill_ = np.nan_to_num(np.nanmedian(raw, axis=0)) if raw.shape[0] else np.zeros(0)
         self.step_ = float(np.median(np.diff(ts))) if ts.size > 1 else 60.0

@@ -24,9 +24,10 @@ from dcwatch.detectors.alerting.sender import AlertSender
 from dcwatch.detectors.config import AnalyzerConfig
 from dcwatch.detectors.decisions import Contributor
 from dcwatch.detectors.frame import Frame, split_column
-from dcwatch.detectors.models.fitting import FitBackend, ModelStore, fit_group
+from dcwatch.detectors.models.fitting import FitBackend, ModelStore, fit_group, report_selection
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
-from dcwatch.detectors.sources.base import Source
+from dcwatch.detectors.sources.base import Source, SourceError
+from dcwatch.urls import redact_text
 
 log = logging.getLogger("dcwatch.analyzer")
 
@@ -56,6 +57,21 @@ class NodeState:
     alert_spans: list[list[float | None]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Health:
+    """What ``/healthz`` says: ``degraded`` while something is failing, with one reason each;
+    ``info`` notes normal states worth knowing (cold start); ``ready`` once the source has
+    answered at least once."""
+
+    reasons: tuple[str, ...]
+    info: tuple[str, ...]
+    ready: bool
+
+    @property
+    def status(self) -> str:
+        return "degraded" if self.reasons else "ok"
+
+
 class Analyzer:
     """Owns node states and the scoring loop; fits run on ``backend``.
 
@@ -75,7 +91,9 @@ class Analyzer:
         self.cfg = cfg
         self.source = source
         self.sender = sender
-        base = model_config or ModelConfig()
+        base = model_config or ModelConfig(
+            max_series=cfg.model.max_series, max_train_rows=cfg.model.max_train_rows
+        )
         if cfg.model.alerts_per_week is not None:
             base = dataclasses.replace(
                 base,
@@ -91,7 +109,9 @@ class Analyzer:
         self.pass_duration = 0.0
         self.passes = 0
         self.source_errors = 0
-        self.last_source_error = ""
+        self.last_source_error = ""  # why the last read failed (redacted); "" once one succeeds
+        self.failing_passes = 0  # consecutive passes that could not read the source
+        self.last_source_success: float | None = None  # unix time of the last good read
         self._fit_slots = asyncio.Semaphore(max(1, cfg.model.workers))
         self._group_re = re.compile(cfg.model.group_by) if cfg.model.group_by else None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,13 +161,18 @@ class Analyzer:
             frames = await self.source.latest(step, self._points_needed(now), now)
         except Exception as e:  # source down: keep state, report, retry next step
             self.source_errors += 1
-            self.last_source_error = f"{type(e).__name__}: {e}"
+            self.failing_passes += 1
+            self.last_source_error = describe_error(e)
             log.warning(
                 "source unavailable (%s); nodes keep their state, retry in %gs",
                 self.last_source_error,
                 step,
             )
             return
+        if self.last_source_error:
+            log.info("source answers again after %d failed passes", self.failing_passes)
+        self.last_source_error, self.failing_passes = "", 0
+        self.last_source_success = time.time()
         # New nodes first, so a group's first fit sees all the members that showed up together.
         for instance in frames.keys() - self.nodes.keys():
             self.nodes[instance] = NodeState(instance)
@@ -311,6 +336,7 @@ class Analyzer:
                 took = time.perf_counter() - t0
             for inst, model in models.items():
                 member = self.nodes[inst]
+                report_selection(inst, model)
                 if member.model is not None:
                     model.carry_alert(member.model)  # an open incident stays open
                 await asyncio.to_thread(self.models.save, inst, model)
@@ -326,13 +352,14 @@ class Analyzer:
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            error = describe_error(e)
             for n in members:
-                n.fit_error = f"{type(e).__name__}: {e}"
+                n.fit_error = error
                 n.next_fit_try = now + 300
             log.error(
                 "fit of %s failed: %s; keeps its old model, retry in 300s",
                 ", ".join(n.instance for n in members),
-                f"{type(e).__name__}: {e}",
+                error,
             )
         finally:
             for n in members:
@@ -358,3 +385,48 @@ class Analyzer:
                 node.status = "stale"
             else:
                 node.status = "fitted"
+
+    # -- health ----------------------------------------------------------------------------------
+    def health(self) -> Health:
+        """Why the analyzer is not doing its job now (source, alert delivery, fits), if it is not.
+
+        Cold start is not a failure: a new node needs ``model.min_train`` of history first.
+        """
+        reasons: list[str] = []
+        info: list[str] = []
+        if self.last_source_error:
+            reasons.append(
+                f"source: {self.last_source_error} ({self.failing_passes} failed "
+                f"pass{'es' if self.failing_passes != 1 else ''} in a row; nodes keep their state)"
+            )
+        reasons += [f"alerts: {p}" for p in self.sender.problems()]
+        for has_model, what in ((False, "no model"), (True, "an old model")):
+            failed = sorted(
+                (
+                    n
+                    for n in self.nodes.values()
+                    if n.fit_error and (n.model is not None) == has_model
+                ),
+                key=lambda n: n.instance,
+            )
+            if failed:
+                reasons.append(
+                    f"fits: {len(failed)} node(s) have {what}, fit failed "
+                    f"({failed[0].instance}: {failed[0].fit_error})"
+                )
+        cold = sum(n.status == "cold_start" and not n.fit_error for n in self.nodes.values())
+        if cold:
+            info.append(
+                f"{cold} node(s) in cold start, collecting "
+                f"{self.cfg.model.min_train:g}s of history before scoring"
+            )
+        if self.last_source_success is None and not self.last_source_error:
+            info.append("waiting for the first read of the source")
+        return Health(tuple(reasons), tuple(info), self.last_source_success is not None)
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for logs, /healthz and the page: a SourceError's own reason, else the exception's
+    type and text; URL credentials removed, at most 500 characters."""
+    text = str(e) if isinstance(e, SourceError) and str(e) else f"{type(e).__name__}: {e}"
+    return redact_text(" ".join(text.split()))[:500]

@@ -35,6 +35,7 @@ async def test_malformed_requests_give_one_line_not_tracebacks() -> None:
     handler, out = capture()
     server_log = logging.getLogger("aiohttp.server")
     server_log.addHandler(handler)
+
     async def index(request: web.Request) -> web.Response:
         return web.Response(text="x")
 

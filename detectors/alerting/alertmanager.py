@@ -89,6 +89,7 @@ class AlertmanagerClient:
         self.deliveries: dict[str, Delivery] = {}
         self.stats = DeliveryStats(self.name)
         self.failures = 0  # consecutive
+        self.last_error = ""  # what the last failed POST ran into (no credentials in it)
         self.retry_at = 0.0  # monotonic; no attempt before
         self.resync = True  # send every held alert next time: at start and after a failure
         self.wake = asyncio.Event()

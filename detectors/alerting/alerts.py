@@ -21,11 +21,12 @@ from typing import Any
 
 from dcwatch import settings as st
 from dcwatch.settings import Setting
+from dcwatch.urls import redact_url, redacted_repr
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AlertingConfig:
     """Where and how alerts go. Without an Alertmanager: to the log and the ``alert_log`` file."""
 
@@ -38,10 +39,10 @@ class AlertingConfig:
     queue_max: int = 10_000  # alerts held (firing + undelivered resolved); beyond: drop, loudly
     retry_initial: float = 1.0  # first retry delay after a failed POST (seconds)
     retry_max: float = 60.0  # cap of the exponential backoff
-    bearer_token: str | None = None
+    bearer_token: str | None = field(default=None, repr=False)
     bearer_token_file: Path | None = None
     basic_auth_username: str | None = None
-    basic_auth_password: str | None = None
+    basic_auth_password: str | None = field(default=None, repr=False)
     basic_auth_password_file: Path | None = None
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
@@ -52,12 +53,15 @@ class AlertingConfig:
     dashboard_url: str | None = None  # template, e.g. https://grafana/d/x?var-node={instance}
     alert_log: Path | None = None  # JSON-lines file; see alert_log_path
 
+    __repr__ = redacted_repr  # URLs may carry a password
+
     def __post_init__(self) -> None:
         for url in self.alertmanagers:
             u = urllib.parse.urlsplit(url)
             if u.scheme not in ("http", "https") or not u.hostname:
-                shown = url.replace(u.password or "\0", "***")
-                raise ValueError(f"alertmanager URL must be http(s)://host[:port][/path]: {shown}")
+                raise ValueError(
+                    f"alertmanager URL must be http(s)://host[:port][/path]: {redact_url(url)}"
+                )
         if len(set(self.alertmanagers)) != len(self.alertmanagers):
             raise ValueError("alertmanager URLs are listed twice")
         for name in ("timeout", "resend_interval", "retry_initial", "retry_max"):
@@ -97,10 +101,10 @@ ALERTING_SETTINGS: tuple[Setting, ...] = (
     Setting("alerting.queue_max", st.to_int, 10_000, "alerts held while undelivered, at most"),
     Setting("alerting.retry_initial", st.to_positive_float, 1.0, "first retry delay (seconds)"),
     Setting("alerting.retry_max", st.to_positive_float, 60.0, "longest retry delay (seconds)"),
-    Setting("alerting.bearer_token", st.to_str, None, "bearer token for Alertmanager"),
+    Setting("alerting.bearer_token", st.to_str, None, "bearer token for Alertmanager", secret=True),
     Setting("alerting.bearer_token_file", st.to_optional_path, None, "file with the bearer token"),
     Setting("alerting.basic_auth.username", st.to_str, None, "basic auth user for Alertmanager"),
-    Setting("alerting.basic_auth.password", st.to_str, None, "basic auth password"),
+    Setting("alerting.basic_auth.password", st.to_str, None, "basic auth password", secret=True),
     Setting("alerting.basic_auth.password_file", st.to_optional_path, None, "password file"),
     Setting("alerting.tls.ca_file", st.to_optional_path, None, "CA bundle for Alertmanager TLS"),
     Setting("alerting.tls.cert_file", st.to_optional_path, None, "client certificate"),

@@ -367,6 +367,7 @@ class AlertSender:
 
     def _failed(self, t: AlertmanagerClient, n: int, err: str) -> bool:
         t.failures += 1
+        t.last_error = err
         t.stats.failed += n
         t.stats.up = False
         t.resync = True
@@ -378,7 +379,30 @@ class AlertSender:
         )
         return False
 
-    # --- self-metrics -----------------------------------------------------------------------
+    # --- health and self-metrics -----------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Why alerts are not getting through now, one line each; empty when they are.
+
+        An Alertmanager whose last POST failed (until one succeeds), the alert log when its
+        last write failed, and a queue at ``queue_max`` (the next new alert evicts one).
+        """
+        out = []
+        for s, t in zip(self.stats(), self.targets, strict=False):
+            if t.failures:
+                retry = f", retry in {s.retry_in:.0f}s" if s.retry_in is not None else ""
+                out.append(
+                    f"alertmanager {t.name} {t.last_error} ({t.failures} failed attempts, "
+                    f"{s.queued} alerts queued{retry})"
+                )
+        if self.alert_log is not None and self.log_stats.up is False:
+            out.append(f"alert log {self.alert_log.path} cannot be written: entries are lost")
+        if len(self._records) >= self.config.queue_max:
+            out.append(
+                f"alert queue full ({len(self._records)} of queue_max={self.config.queue_max}): "
+                "new alerts evict old ones"
+            )
+        return out
 
     def stats(self) -> list[DeliveryStats]:
         """Per Alertmanager (and ``log`` for the JSON-lines file, if any): counters and queue."""

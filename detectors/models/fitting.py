@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.models.bounds import fit_memory_bytes
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
 
 log = logging.getLogger("dcwatch.analyzer.fit")
@@ -38,6 +39,32 @@ def fit_group(
     """Fit a group of like nodes sharing one detector (``NodeModel.fit_group``); in a worker."""
     models = NodeModel.fit_group(frames, config, excludes)
     return {name: model.dumps() for name, model in models.items()}
+
+
+def report_selection(instance: str, model: NodeModel) -> None:
+    """Log, once per fit, a node whose series were cut to ``model.max_series`` (fits run in
+    workers whose logs go nowhere, so the service calls this where it installs the model)."""
+    sel, cfg = model.selection_, model.config
+    peak = fit_memory_bytes(model.train_rows_, len(sel.columns), cfg.forest_rows, cfg.n_estimators)
+    if sel.truncated:
+        log.warning(
+            "node %s: %d series, model keeps the %d most informative (%d more vary, %d carry no "
+            "signal; fit peak about %.0f MB); raise model.max_series to keep more",
+            instance,
+            sel.seen,
+            len(sel.columns),
+            sel.over_limit,
+            sel.no_signal,
+            peak / 2**20,
+        )
+    else:
+        log.debug(
+            "node %s: model keeps %d of %d series (fit peak about %.0f MB)",
+            instance,
+            len(sel.columns),
+            sel.seen,
+            peak / 2**20,
+        )
 
 
 class FitBackend:

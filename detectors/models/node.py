@@ -32,29 +32,47 @@ from dcwatch.detectors.decisions import (
 )
 from dcwatch.detectors.features import (
     AnyFrame,
-    FeatureBlock,
     FeatureBuilder,
     FeatureConfig,
     History,
     frame_arrays,
-    varying_columns,
 )
+from dcwatch.detectors.frame import Frame
 from dcwatch.detectors.models import persist
+from dcwatch.detectors.models.bounds import (
+    SeriesSelection,
+    even_rows,
+    recent_rows,
+    select_series,
+    varying_scores,
+)
 from dcwatch.detectors.models.ensemble import EnsembleDetector
 from dcwatch.detectors.models.persist import State, array, expect, integer, number, section
 
 STATE_FORMAT = "dcwatch.node-model"
-# 1 was a pickle; 2 is the ``persist`` container (JSON header + arrays, nothing executed on load).
-STATE_VERSION = 2
+# 1 was a pickle; 2 is the ``persist`` container (JSON header + arrays, nothing executed on load);
+# 3 adds the series bound (``max_series``, ``max_train_rows``, ``forest_rows``) and the selection.
+# Version 2 files are still read (``_upgrade_v2``).
+STATE_VERSION = 3
+READ_VERSIONS = (2, 3)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``max_series``: series one node model keeps (beyond: the most informative, see
+    ``bounds.select_series``); ``max_train_rows``: training rows a node model learns from (beyond:
+    the most recent) and rows a group's shared detector learns from (beyond: an even sample);
+    ``forest_rows``: the isolation forest's random sample of those."""
+
     features: FeatureConfig = field(default_factory=FeatureConfig)
     decisions: DecisionConfig = field(default_factory=DecisionConfig)
     channels: tuple[str, ...] = ("residual", "iforest")
     n_estimators: int = 100
-    max_train_rows: int = 20000
+    # An 8-GPU node gives about 210 series with the default queries (18 per GPU, 6 per network
+    # interface, 4 per HCA, 7 per node), a large one with more NICs and HCAs about 300.
+    max_series: int = 512
+    max_train_rows: int = 7 * 5760  # the default window: a week at 15 s
+    forest_rows: int = 20000
     random_state: int | None = 0
 
 
@@ -75,6 +93,24 @@ class NotFittedError(RuntimeError):
     pass
 
 
+@dataclass
+class _Training:
+    """What a fit keeps of a node's training features: z-scores, rows to learn from, context."""
+
+    z: np.ndarray
+    use: np.ndarray
+    last_ts: float
+    history: History
+
+
+def _raw_columns(frame: AnyFrame) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(timestamps, names, values) of a frame; a ``Frame``'s values are not copied (a node with
+    thousands of series must not be copied whole before its series are cut)."""
+    if isinstance(frame, Frame):
+        return np.asarray(frame.times, dtype=float), list(frame.columns), frame.values
+    return frame_arrays(frame)
+
+
 class NodeModel:
     """One node's fitted detector with its streaming state; ``dumps`` saves both as data."""
 
@@ -89,15 +125,22 @@ class NodeModel:
 
         ``exclude`` (one bool per row) marks rows not to learn from, e.g. the rows that alerted
         since the last fit (see ``refit``): features still use them as context.
+
+        Bounded whatever the frame holds: the series are cut to ``max_series`` (``selection_``
+        says how many were left out) before any feature is built, and only the most recent
+        ``max_train_rows`` rows are used; series that appear later are ignored until a refit.
         """
         t0 = time.perf_counter()
-        block, use = self._fit_features(frame, exclude)
-        detector = self._new_detector().fit(block.z[use])
-        raw = detector.anomaly_score(block.z)
+        ts, names, values = _raw_columns(frame)
+        kept, over = select_series(names, [varying_scores(names, values)], self.config.max_series)
+        train = self._fit_features(ts, names, values, exclude, kept, over)
+        use = train.use
+        detector = self._new_detector().fit(train.z[use])
+        raw = detector.anomaly_score(train.z)
         smoothed, _ = smooth(np.zeros(0), raw, self.config.decisions.smooth_points)
         days = int(use.sum()) * self.features_.step_ / SECONDS_PER_DAY
         threshold = calibrate_threshold(smoothed[use], days, self.config.decisions)
-        return self._finish(block, use, detector, raw, threshold, time.perf_counter() - t0)
+        return self._finish(train, detector, raw, threshold, time.perf_counter() - t0)
 
     @classmethod
     def fit_group(
@@ -112,63 +155,98 @@ class NodeModel:
 
         The threshold is calibrated on the pooled scores over the pooled training days, so the
         target rate stays per node; a group sees more rare-but-normal behaviour than one node.
+        The group keeps at most ``max_series`` series, ranked on all members, and its detector
+        learns from at most ``max_train_rows`` pooled rows (an even sample of every member's).
         """
         t0 = time.perf_counter()
         cfg = config or ModelConfig()
-        varying = [varying_columns(*frame_arrays(f)[1:]) for f in frames.values()]
-        common = [c for c in varying[0] if all(c in v for v in varying[1:])] if varying else []
-        members: dict[str, tuple[NodeModel, FeatureBlock, np.ndarray]] = {}
-        for name, frame in frames.items():
+        raws = {name: _raw_columns(f) for name, f in frames.items()}
+        scores = [varying_scores(names, values) for _, names, values in raws.values()]
+        first = next(iter(raws.values()))[1] if raws else []
+        kept, over = select_series(first, scores, cfg.max_series)
+        members: dict[str, tuple[NodeModel, _Training]] = {}
+        for name, (ts, names, values) in raws.items():
             model = cls(cfg)
             exclude = (excludes or {}).get(name)
-            members[name] = (model, *model._fit_features(frame, exclude, common))
-        detector = (
-            cls(cfg)
-            ._new_detector()
-            .fit(np.vstack([block.z[use] for _, block, use in members.values()]))
-        )
-        raws, pooled, days = {}, [], 0.0
-        for name, (model, block, use) in members.items():
-            raws[name] = detector.anomaly_score(block.z)
-            smoothed, _ = smooth(np.zeros(0), raws[name], cfg.decisions.smooth_points)
-            pooled.append(smoothed[use])
-            days += int(use.sum()) * model.features_.step_ / SECONDS_PER_DAY
+            members[name] = (model, model._fit_features(ts, names, values, exclude, kept, over))
+        rows = [np.flatnonzero(train.use) for _, train in members.values()]
+        offsets = np.cumsum([0] + [len(r) for r in rows])
+        pick = even_rows(int(offsets[-1]), cfg.max_train_rows)
+        sample = [
+            train.z[r[pick[(pick >= lo) & (pick < hi)] - lo]]
+            for (_, train), r, lo, hi in zip(
+                members.values(), rows, offsets[:-1], offsets[1:], strict=True
+            )
+        ]
+        detector = cls(cfg)._new_detector().fit(np.vstack(sample))
+        del sample
+        raw_scores, pooled, days = {}, [], 0.0
+        for name, (model, train) in members.items():
+            raw_scores[name] = detector.anomaly_score(train.z)
+            smoothed, _ = smooth(np.zeros(0), raw_scores[name], cfg.decisions.smooth_points)
+            pooled.append(smoothed[train.use])
+            days += int(train.use.sum()) * model.features_.step_ / SECONDS_PER_DAY
         threshold = calibrate_threshold(np.concatenate(pooled), days, cfg.decisions)
         seconds = time.perf_counter() - t0
         return {
-            name: model._finish(block, use, detector, raws[name], threshold, seconds)
-            for name, (model, block, use) in members.items()
+            name: model._finish(train, detector, raw_scores[name], threshold, seconds)
+            for name, (model, train) in members.items()
         }
 
     def _fit_features(
-        self, frame: AnyFrame, exclude: np.ndarray | None, columns: Sequence[str] | None = None
-    ) -> tuple[FeatureBlock, np.ndarray]:
-        """Fit the feature builder; the training features and the rows to learn from."""
-        if len(frame) < 2:
-            raise ValueError(f"need at least 2 training rows, got {len(frame)}")
+        self,
+        ts: np.ndarray,
+        names: list[str],
+        values: np.ndarray,
+        exclude: np.ndarray | None,
+        columns: Sequence[str],
+        over_limit: int,
+    ) -> _Training:
+        """Fit the feature builder on ``columns`` (already bounded) of the most recent
+        ``max_train_rows`` rows; the training features and the rows to learn from.
+
+        Only the kept columns are copied out of ``values``, so the features of a node with
+        thousands of series cost what ``max_series`` of them cost.
+        """
+        if len(ts) < 2:
+            raise ValueError(f"need at least 2 training rows, got {len(ts)}")
+        rows = recent_rows(len(ts), self.config.max_train_rows)
+        pos = {c: j for j, c in enumerate(names)}
+        take = np.fromiter((pos[c] for c in columns), dtype=np.int64, count=len(columns))
+        sub = Frame(ts[rows], tuple(columns), values[rows][:, take])
+        if exclude is not None:
+            exclude = np.asarray(exclude, dtype=bool)[rows]
         self.features_ = FeatureBuilder(self.config.features)
-        block = self.features_.fit_transform(frame, exclude, columns)
+        block = self.features_.fit_transform(sub, exclude, columns)
+        kept = set(columns)
+        # Named for the record; bounded like the model (a node may expose thousands).
+        self.features_.dropped_ = [c for c in names if c not in kept][: self.config.max_series]
+        self.selection_ = SeriesSelection(list(columns), len(names), over_limit)
         use = np.ones(len(block.z), dtype=bool)
         use[: min(self.features_.history_len_, len(block.z) // 2)] = False
         if exclude is not None:
-            use &= ~np.asarray(exclude, dtype=bool)
+            use &= ~exclude
         if use.sum() < 2:
             use[:] = True
-        return block, use
+        return _Training(
+            z=block.z,
+            use=use,
+            last_ts=float(block.ts[-1]) if len(block.ts) else float("nan"),
+            history=block.history,
+        )
 
     def _new_detector(self) -> EnsembleDetector:
         cfg = self.config
         return EnsembleDetector(
             channels=cfg.channels,
             n_estimators=cfg.n_estimators,
-            max_train_rows=cfg.max_train_rows,
+            max_train_rows=cfg.forest_rows,
             random_state=cfg.random_state,
         )
 
     def _finish(
         self,
-        block: FeatureBlock,
-        use: np.ndarray,
+        train: _Training,
         detector: EnsembleDetector,
         raw: np.ndarray,
         threshold: Threshold,
@@ -178,12 +256,12 @@ class NodeModel:
         dcfg = self.config.decisions
         self.detector_ = detector
         self.threshold_: Threshold = threshold
-        self.train_rows_ = int(use.sum())
+        self.train_rows_ = int(train.use.sum())
         self.train_days_ = self.train_rows_ * self.features_.step_ / SECONDS_PER_DAY
         self.fit_seconds_ = seconds
         self.fitted_at_ = time.time()
-        self.last_ts_ = float(block.ts[-1]) if len(block.ts) else float("nan")
-        self.history_: History = block.history
+        self.last_ts_ = train.last_ts
+        self.history_: History = train.history
         self.score_tail_ = raw[-(dcfg.smooth_points - 1) :] if dcfg.smooth_points > 1 else raw[:0]
         self.alert_ = AlertState()
         self.fitted = True
@@ -202,7 +280,8 @@ class NodeModel:
 
     @property
     def series(self) -> list[str]:
-        """Series the model uses (constant or empty ones in training are dropped)."""
+        """Series the model uses (constant or empty ones in training are dropped, and beyond
+        ``max_series`` the least informative; see ``selection_``)."""
         self._check()
         return list(self.features_.columns_)
 
@@ -260,9 +339,9 @@ class NodeModel:
     def loads(cls, blob: bytes) -> NodeModel:
         """The model ``dumps`` wrote; ``persist.StateError`` (a ``ValueError``) for anything else:
         another version, a pickle from before version 2, a damaged or foreign file."""
-        state = persist.unpack(blob, STATE_FORMAT, STATE_VERSION)
+        version, state = persist.unpack_versioned(blob, STATE_FORMAT, READ_VERSIONS)
         try:
-            return cls.from_state(state)
+            return cls.from_state(_upgrade_v2(state) if version == 2 else state)
         except persist.StateError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
@@ -279,6 +358,7 @@ class NodeModel:
             return out
         return out | {
             "features": persist.features_state(self.features_),
+            "selection": {"seen": self.selection_.seen, "over_limit": self.selection_.over_limit},
             "detector": self.detector_.state(),
             "threshold": persist.config_state(self.threshold_),
             "train_rows": self.train_rows_,
@@ -297,6 +377,10 @@ class NodeModel:
         if not persist.flag(state, "fitted"):
             return model
         model.features_ = persist.features_from_state(section(state, "features"))
+        sel = section(state, "selection")
+        model.selection_ = SeriesSelection(
+            list(model.features_.columns_), integer(sel, "seen"), integer(sel, "over_limit")
+        )
         model.detector_ = EnsembleDetector.from_state(section(state, "detector"))
         thr = section(state, "threshold")
         model.threshold_ = Threshold(*(number(thr, f.name) for f in fields(Threshold)))
@@ -316,8 +400,29 @@ class NodeModel:
         expect(h.values.shape == (len(h.ts), n), "history is (rows, columns)")
         expect(model.detector_.n_features_in_ == model.features_.n_features, "detector fits")
         expect(model.threshold_.value > 0, "a positive threshold")
+        expect(
+            model.selection_.over_limit >= 0 and model.selection_.no_signal >= 0,
+            "the series seen include those used and left out",
+        )
         model.fitted = True
         return model
+
+
+def _upgrade_v2(state: State) -> State:
+    """A version 2 state as version 3: its ``max_train_rows`` was the forest's sample (now
+    ``forest_rows``), the new bounds take their defaults, and it kept every varying series."""
+    config = dict(section(state, "config"))
+    defaults = ModelConfig()
+    if "max_train_rows" in config:
+        config["forest_rows"] = config.pop("max_train_rows")
+    config.setdefault("max_series", defaults.max_series)
+    config.setdefault("max_train_rows", defaults.max_train_rows)
+    out = {**state, "config": config}
+    if persist.flag(state, "fitted"):
+        feats = section(state, "features")
+        seen = len(persist.strings(feats, "columns")) + len(persist.strings(feats, "dropped"))
+        out["selection"] = {"seen": seen, "over_limit": 0}
+    return out
 
 
 def score_batch(

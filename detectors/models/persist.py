@@ -52,6 +52,12 @@ def pack(kind: str, version: int, state: State) -> bytes:
 
 def unpack(blob: bytes, kind: str, version: int) -> State:
     """The state ``pack`` wrote; ``StateError`` for anything else, which is never executed."""
+    return unpack_versioned(blob, kind, (version,))[1]
+
+
+def unpack_versioned(blob: bytes, kind: str, versions: tuple[int, ...]) -> tuple[int, State]:
+    """``unpack`` accepting any of ``versions``: the version found and the state, for a reader
+    that upgrades older states."""
     if blob.startswith(_PICKLE_MAGIC):
         raise StateError("a pickle (model state from an older dcwatch), not loaded")
     if not blob.startswith(_ZIP_MAGIC):
@@ -71,8 +77,10 @@ def unpack(blob: bytes, kind: str, version: int) -> State:
     if not isinstance(header, dict) or header.get("format") != kind:
         found = header.get("format") if isinstance(header, dict) else None
         raise StateError(f"not a {kind} state (format {found!r})")
-    if header.get("version") != version:
-        raise StateError(f"state version {header.get('version')!r}, this dcwatch reads {version}")
+    version = header.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in versions:
+        reads = " or ".join(map(str, versions))
+        raise StateError(f"state version {version!r}, this dcwatch reads {reads}")
     state = header.get("state")
     if not isinstance(state, dict):
         raise StateError("header holds no state")
@@ -80,7 +88,7 @@ def unpack(blob: bytes, kind: str, version: int) -> State:
     out = _join(state, arrays, used)
     if unused := set(arrays) - used:
         raise StateError(f"members not in the header: {sorted(unused)}")
-    return out
+    return version, out
 
 
 def _split(node: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:

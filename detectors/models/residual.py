@@ -21,6 +21,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from dcwatch.detectors.models.persist import State, array, expect, integer, number, params
 
+# ``surprise`` works through this many values at a time: its dozen temporaries per value stay
+# small however many rows and series a fit has (whole, they were most of a fit's peak memory).
+_BLOCK_VALUES = 2**20
 # Quantile levels of the one-sided deviation at which the surprise is known exactly.
 LEVELS = np.array([0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999])
 
@@ -147,6 +150,19 @@ def surprise(D: np.ndarray, grid: np.ndarray, knots: np.ndarray, tail: np.ndarra
     n, m = D.shape
     if n == 0 or m == 0:
         return np.zeros((n, m))
+    rows = max(1, _BLOCK_VALUES // m)
+    if n <= rows:
+        return _surprise_block(D, grid, knots, tail)
+    out = np.empty((n, m))
+    for lo in range(0, n, rows):
+        out[lo : lo + rows] = _surprise_block(D[lo : lo + rows], grid, knots, tail)
+    return out
+
+
+def _surprise_block(
+    D: np.ndarray, grid: np.ndarray, knots: np.ndarray, tail: np.ndarray
+) -> np.ndarray:
+    n, m = D.shape
     K = grid.shape[0]
     # Number of grid values strictly below each deviation (searchsorted 'left', per column).
     if n <= 64:

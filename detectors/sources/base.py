@@ -34,6 +34,9 @@ class TargetStatus:
     failures: int  # failed scrapes since start
     last_duration: float | None  # None: not scraped yet
     last_error: str = ""
+    reason: str = ""  # why the last scrape failed: timeout, http, parse, body_size_limit, ...
+    errors: tuple[tuple[str, int], ...] = ()  # failed scrapes since start, by reason
+    nonfinite: int = 0  # NaN / Inf samples dropped since start
 
 
 class Source(Protocol):

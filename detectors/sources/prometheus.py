@@ -2,9 +2,13 @@
 
 Long ranges are split so no request asks for more than ``max_points`` points per series
 (Prometheus refuses more than 11,000). Each request is retried with exponential backoff on 5xx,
-429, timeouts and connection errors; a 4xx (a bad query) is not retried. A request that still
-fails leaves its range ``NaN`` and is recorded in ``errors``; only when every request of a fetch
-fails does ``fetch`` raise :class:`~dcwatch.detectors.sources.base.SourceError`.
+429, timeouts, connection errors and answers that are not a well-formed matrix (not JSON,
+truncated, ``"data": null``, ``"status": "error"`` with HTTP 200: a proxy or a Prometheus in
+trouble); a 4xx (a bad query) and an answer over ``max_response_bytes`` are not retried. A
+request that still fails leaves its range ``NaN`` and is recorded in ``errors``; only when every
+request of a fetch fails does ``fetch`` raise :class:`~dcwatch.detectors.sources.base.SourceError`.
+Values that are not finite (``NaN``, ``±Inf``) become ``NaN``, "no data" in a frame, and are
+counted in ``nonfinite_values``. Credentials in the URL are used as basic auth and never shown.
 
 Decoding answers is the expensive part (about 1 s per million points, half of it the garbage
 collector walking fresh lists), so it runs off the event loop with the collector paused, and uses
@@ -24,7 +28,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +45,7 @@ from dcwatch.detectors.frame import (
 )
 from dcwatch.detectors.sources.base import SourceError, TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery, load_queries
+from dcwatch.urls import redact_text, redact_url, redacted_repr, url_credentials
 
 if TYPE_CHECKING:
     from dcwatch.detectors.sources.base import Source
@@ -55,16 +60,17 @@ except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
 PROMETHEUS_MAX_POINTS = 11_000
+MAX_RESPONSE_BYTES = 256 * 2**20
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PrometheusConfig:
-    url: str
-    bearer_token: str = ""
+    url: str  # may carry user:password@ (used as basic auth, never shown)
+    bearer_token: str = field(default="", repr=False)
     bearer_token_file: Path | None = None  # re-read on each fetch: tokens rotate
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     password_file: Path | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None  # client certificate (mutual TLS)
@@ -75,12 +81,24 @@ class PrometheusConfig:
     retries: int = 3
     backoff: float = 0.5  # first retry delay; doubles, capped at 10 s
     concurrency: int = 4  # requests in flight
+    max_response_bytes: int = MAX_RESPONSE_BYTES  # per answer, decompressed
+
+    __repr__ = redacted_repr  # URLs may carry a password
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"prometheus url must be http(s)://..., got {self.url!r}")
-        if (self.bearer_token or self.bearer_token_file) and self.username:
+            raise ValueError(f"prometheus url must be http(s)://..., got {redact_url(self.url)!r}")
+        try:
+            _, in_url = url_credentials(self.url)
+        except ValueError as e:
+            raise ValueError(f"prometheus url {redact_url(self.url)!r}: {e}") from None
+        basic = bool(self.username or in_url)
+        if (self.bearer_token or self.bearer_token_file) and basic:
             raise ValueError("prometheus: give a bearer token or basic auth, not both")
+        if in_url and self.username:
+            raise ValueError("prometheus: give the user in url or in username, not both")
+        if self.max_response_bytes < 1024:
+            raise ValueError("max_response_bytes must be >= 1024")
         if not 2 <= self.max_points <= PROMETHEUS_MAX_POINTS:
             raise ValueError(f"max_points must be in 2..{PROMETHEUS_MAX_POINTS}")
         if self.retries < 0 or self.concurrency < 1 or not self.timeout > 0:
@@ -118,24 +136,94 @@ def gc_paused() -> Iterator[None]:
 Series = tuple[dict[str, str], np.ndarray, np.ndarray]  # labels, times, values
 
 
+class BadAnswer(ValueError):
+    """An answer that is not a well-formed ``query_range`` matrix (retried: it may be a proxy's
+    error page or a Prometheus restarting)."""
+
+
 def decode_matrix(body: bytes) -> list[Series]:
-    """A ``query_range`` answer as ``(labels, times, values)`` per series."""
+    """A ``query_range`` answer as ``(labels, times, values)`` per series; non-finite values
+    (``NaN``, ``±Inf``) come out as NaN. Raises :class:`BadAnswer` for anything but a matrix."""
     with gc_paused():
-        doc = _loads(body)
+        try:
+            doc = _loads(body)
+        except ValueError as e:  # not JSON, truncated, not UTF-8
+            raise BadAnswer(f"not JSON ({_short(e)})") from None
+        if not isinstance(doc, dict):
+            raise BadAnswer(f"a JSON {type(doc).__name__}, not an object")
         if doc.get("status") != "success":
-            raise QueryError(f"{doc.get('errorType', 'error')}: {doc.get('error', '?')}")
-        out = []
-        for r in doc["data"]["result"]:
-            values = r.get("values") or ()
-            if not values:
-                continue
-            ts, vals = zip(*values, strict=True)
-            out.append((r["metric"], np.array(ts, np.float64), np.array(vals, np.float64)))
-        return out
+            raise BadAnswer(f"status {doc.get('status')!r}: {_error_of(doc) or 'no error given'}")
+        data = doc.get("data")
+        if not isinstance(data, dict):
+            raise BadAnswer(f"data is {_kind(data)}, not an object")
+        if data.get("resultType") != "matrix":
+            raise BadAnswer(f"resultType is {_kind(data.get('resultType'))}, not 'matrix'")
+        result = data.get("result")
+        if not isinstance(result, list):
+            raise BadAnswer(f"result is {_kind(result)}, not a list")
+        return [s for i, r in enumerate(result) if (s := _series(i, r)) is not None]
+
+
+def _series(i: int, r: Any) -> Series | None:
+    """One element of ``result``; None for a series without float samples."""
+    if not isinstance(r, dict):
+        raise BadAnswer(f"series {i} is {_kind(r)}, not an object")
+    labels = r.get("metric")
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise BadAnswer(f"series {i}: metric is not a mapping of label names to strings")
+    values = r.get("values")
+    if values is None or values == []:  # only native histograms, or nothing in the range
+        return None
+    if not isinstance(values, list):
+        raise BadAnswer(f"series {i}: values is {_kind(values)}, not a list")
+    try:
+        if not all(type(p) is list and len(p) == 2 and type(p[1]) is str for p in values):
+            raise ValueError
+        ts_raw, vals_raw = zip(*values, strict=True)
+        ts = np.array(ts_raw)
+        if ts.ndim != 1 or ts.dtype.kind not in "iuf":
+            raise ValueError
+        ts = ts.astype(np.float64)
+        vals = np.array(vals_raw).astype(np.float64)  # Prometheus' strings: "1.5", "NaN", "+Inf"
+    except ValueError:
+        raise BadAnswer(f'series {i}: values are not [timestamp, "number"] pairs') from None
+    if not np.isfinite(ts).all():
+        raise BadAnswer(f"series {i}: a timestamp is not finite")
+    vals[~np.isfinite(vals)] = np.nan
+    return labels, ts, vals
+
+
+def _decode_counted(body: bytes) -> tuple[list[Series], int]:
+    """:func:`decode_matrix` and the number of non-finite samples it turned into NaN."""
+    series = decode_matrix(body)
+    return series, sum(int(np.isnan(v).sum()) for _, _, v in series)
+
+
+def _kind(v: Any) -> str:
+    """How an answer's value is described in an error: ``null``, ``a str``, ``'vector'``."""
+    if v is None:
+        return "null"
+    return repr(v)[:40] if isinstance(v, str) else f"a {type(v).__name__}"
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:120]
+
+
+def _error_of(doc: dict[str, Any]) -> str:
+    """Prometheus' ``errorType: error``, shortened, from an error answer."""
+    text = f"{doc.get('errorType', '')}: {doc.get('error', '')}".strip(": ")
+    return " ".join(text.split())[:300]
 
 
 class QueryError(Exception):
     """Prometheus answered, and said no (bad query, 4xx): retrying will not help."""
+
+
+class TooLarge(SourceError):
+    """An answer over ``max_response_bytes``: not retried (it would be as large again)."""
 
 
 class PrometheusSource:
@@ -156,6 +244,10 @@ class PrometheusSource:
         self.requests = 0
         self.failures = 0  # requests that failed after their retries
         self.retries = 0
+        self.bad_answers = 0  # answers that were not a well-formed matrix (each retry counts)
+        self.nonfinite_values = 0  # NaN and ±Inf samples received, kept out as NaN
+        self._url, self._url_auth = url_credentials(config.url)
+        self.name = f"prometheus {self._url}"  # for messages: no credentials
         self._warned: set[tuple[str, str]] = set()
         self._root = self  # a view's root is the source whose session it shares
 
@@ -199,18 +291,35 @@ class PrometheusSource:
         return ctx
 
     def _auth(self) -> dict[str, str]:
-        """The Authorization header; files are re-read each fetch so rotated secrets apply."""
+        """The Authorization header; files are re-read each fetch so rotated secrets apply.
+
+        Raises SourceError when a secret file cannot be read."""
         c = self.config
         token = c.bearer_token
         if c.bearer_token_file:
-            token = c.bearer_token_file.read_text().strip()
+            token = _read_secret(c.bearer_token_file, "bearer_token_file").strip()
         if token:
             return {"Authorization": f"Bearer {token}"}
-        if c.username:
-            pw = c.password_file.read_text().rstrip("\n") if c.password_file else c.password
-            cred = base64.b64encode(f"{c.username}:{pw}".encode()).decode()
+        user, pw = self._url_auth or (c.username, c.password)
+        if user:
+            if c.password_file:
+                pw = _read_secret(c.password_file, "password_file").rstrip("\n")
+            cred = base64.b64encode(f"{user}:{pw}".encode()).decode()
             return {"Authorization": f"Basic {cred}"}
         return {}
+
+    async def _read(self, r: aiohttp.ClientResponse) -> bytes:
+        """The body, read as it streams in, refused once over ``max_response_bytes``."""
+        limit = self.config.max_response_bytes
+        if r.content_length is not None and r.content_length > limit:
+            raise TooLarge(f"answer of {r.content_length} bytes is over max_response_bytes={limit}")
+        parts, size = [], 0
+        async for chunk in r.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"answer over max_response_bytes={limit}: refused")
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def query_range(
         self,
@@ -229,22 +338,29 @@ class PrometheusSource:
         assert session is not None
         headers = self._auth() if headers is None else headers
         params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-        url = self.config.url.rstrip("/") + "/api/v1/query_range"
+        url = self._url.rstrip("/") + "/api/v1/query_range"
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         attempt = 0
         while True:
             self.requests += 1
             try:
                 async with session.get(url, params=params, headers=headers, timeout=timeout) as r:
-                    status, body = r.status, await r.read()
+                    status, body = r.status, await self._read(r)
                 if status == 200:  # decoded with the connection back in the pool
-                    return await asyncio.to_thread(decode_matrix, body)
+                    series, nonfinite = await asyncio.to_thread(_decode_counted, body)
+                    if nonfinite:
+                        self.nonfinite_values += nonfinite
+                        self._warn_once(
+                            query[:120], "answers NaN or ±Inf samples: kept out as no data"
+                        )
+                    return series
                 err = f"HTTP {status}: {_error_text(body)}"
                 if status not in RETRY_STATUSES:
                     raise QueryError(err)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                err = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            except ValueError as e:  # a truncated or garbled answer
+                err = redact_text(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            except BadAnswer as e:
+                self.bad_answers += 1
                 err = f"bad answer: {e}"
             if attempt >= self.config.retries:
                 raise SourceError(f"{err} (after {attempt + 1} attempts)")
@@ -286,9 +402,7 @@ class PrometheusSource:
                 failed.setdefault(q.name, err)
         self._note_errors(failed)
         if failed and len(failed) == len(self.queries):
-            raise SourceError(
-                f"prometheus {self.config.url}: every query failed: {next(iter(failed.values()))}"
-            )
+            raise SourceError(f"{self.name}: every query failed: {next(iter(failed.values()))}")
         return build_frames(grid, cols)
 
     def _place(
@@ -350,11 +464,22 @@ class PrometheusSource:
 
 
 def _error_text(body: bytes) -> str:
+    """What an error answer says: Prometheus' error, else the start of the body, one line."""
     try:
         doc = json.loads(body)
-        return f"{doc.get('errorType', '')}: {doc.get('error', '')}".strip(": ")
     except ValueError:
-        return body[:200].decode(errors="replace").strip()
+        doc = None
+    if isinstance(doc, dict) and (text := _error_of(doc)):
+        return text
+    return " ".join(body[:200].decode(errors="replace").split())
+
+
+def _read_secret(path: Path, key: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise SourceError(f"prometheus {key} {path}: cannot read: {detail}") from None
 
 
 if TYPE_CHECKING:

@@ -17,6 +17,10 @@ of sqlite3 from Python is paid 30x less often.
 :class:`Store` is synchronous and owned by one thread. :class:`AsyncStore` gives the event loop a
 writer and a reader, each a ``Store`` on its own connection and its own thread (WAL lets the
 reader read while the writer writes).
+
+Bounded and self-healing: past ``max_bytes`` in use, the oldest scrapes go first (then retention
+as usual); a file that SQLite cannot read at open is moved aside to ``<name>.corrupt-<ts>``,
+logged, counted in ``set_aside`` and started afresh.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+from dcwatch.detectors.sources.parse import SeriesKey
 
 log = logging.getLogger("dcwatch.analyzer.store")
 
@@ -66,7 +72,6 @@ CREATE TABLE IF NOT EXISTS scrapes (
 );
 """
 
-SeriesKey = tuple[str, str]  # (metric name, labels as exposed, e.g. 'gpu="0",uuid="GPU-1"')
 # {instance: {(name, labels): (times in epoch seconds, values)}}, each series in time order
 Samples = dict[str, dict[SeriesKey, tuple[np.ndarray, np.ndarray]]]
 
@@ -89,10 +94,15 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread off: the owning executor has exactly one thread, but not the opener's
         self.db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; fine for metrics
-        with self.db:
-            self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; fine here
+            self.db.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks to 64 MiB
+            with self.db:
+                self.db.executescript(SCHEMA)
+        except BaseException:
+            self.db.close()
+            raise
         self._instances: dict[str, int] = {}
         self._instance_names: dict[int, str] = {}
         self._series: dict[tuple[int, str, str], int] = {}
@@ -278,13 +288,93 @@ class Store:
             self._forget()
         return deleted
 
+    def check(self) -> None:
+        """Raise sqlite3.DatabaseError unless a quick integrity check passes (at open)."""
+        row = self.db.execute("PRAGMA quick_check(1)").fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else 'no answer'}")
+
+    def used_bytes(self) -> int:
+        """Bytes of the database in use (pages not on the free list)."""
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * self.db.execute("PRAGMA page_size").fetchone()[0])
+
+    def bound_size(self, max_bytes: int) -> float | None:
+        """Past ``max_bytes`` in use, delete the oldest scrapes down to 90 % of it, with the
+        series and layouts no scrape uses any more; returns the new oldest time kept (None when
+        under the bound). Deleted pages are reused, so the file stops growing."""
+        used = self.used_bytes()
+        if used <= max_bytes:
+            return None
+        goal = 0.9 * max_bytes
+        cutoff = 0.0
+        for _ in range(10):  # data is spread about evenly in time: a few passes converge
+            lo, hi = self.db.execute("SELECT min(ts), max(ts) FROM scrapes").fetchone()
+            if lo is None:
+                break
+            cutoff = (lo + max(1.0, (hi - lo) * (used - goal) / used)) / 1000
+            self.expire(cutoff)
+            self._collect_garbage()
+            used = self.used_bytes()
+            if used <= goal:
+                break
+        return cutoff
+
+    def _collect_garbage(self) -> None:
+        """Delete layouts no scrape refers to and series no layout holds."""
+        with self.db:
+            self.db.execute(
+                "DELETE FROM layouts WHERE id NOT IN (SELECT DISTINCT layout_id FROM scrapes)"
+            )
+            blobs = [b for (b,) in self.db.execute("SELECT series_ids FROM layouts")]
+            used: Iterable[int] = np.unique(np.frombuffer(b"".join(blobs), dtype=IDS)).tolist()
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS keep_series (id INTEGER PRIMARY KEY)")
+            self.db.execute("DELETE FROM keep_series")
+            self.db.executemany("INSERT INTO keep_series VALUES (?)", ((int(i),) for i in used))
+            self.db.execute("DELETE FROM series WHERE id NOT IN (SELECT id FROM keep_series)")
+            self.db.execute("DELETE FROM keep_series")
+        self._forget()
+
+
+def open_store(path: Path) -> tuple[Store, Path | None]:
+    """The store at ``path``. A file SQLite cannot read is moved aside (with its WAL) and
+    replaced by an empty one; returns the store and where the damaged file went (or None)."""
+    try:
+        store = Store(path)
+        try:
+            store.check()
+        except BaseException:
+            store.close()
+            raise
+        return store, None
+    except sqlite3.OperationalError:  # cannot open, lock or read the disk: not damaged data
+        raise
+    except sqlite3.DatabaseError as e:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.rename(aside.with_name(aside.name + suffix))
+        log.error(
+            "embedded store %s unreadable (%s): moved to %s, starting an empty store; "
+            "the history it held is not used",
+            path,
+            e,
+            aside.name,
+        )
+        return Store(path), aside
+
 
 class AsyncStore:
     """The store for the event loop: writes on one thread, reads on another."""
 
-    def __init__(self, path: Path | str, retention: float) -> None:
+    def __init__(self, path: Path | str, retention: float, max_bytes: int | None = None) -> None:
         self.path = Path(path)
         self.retention = retention
+        self.max_bytes = max_bytes
+        self.set_aside = 0  # damaged files moved aside at open
         self._wpool = ThreadPoolExecutor(1, thread_name_prefix="dcwatch-store-write")
         self._rpool = ThreadPoolExecutor(1, thread_name_prefix="dcwatch-store-read")
         self._writer: Store | None = None
@@ -294,7 +384,9 @@ class AsyncStore:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
     async def open(self) -> None:
-        self._writer = await self._on(self._wpool, lambda: Store(self.path))
+        """Open the writer (moving a damaged file aside) and the reader."""
+        self._writer, aside = await self._on(self._wpool, lambda: open_store(self.path))
+        self.set_aside += aside is not None
         self._reader = await self._on(self._rpool, lambda: Store(self.path))
 
     async def close(self) -> None:
@@ -311,7 +403,12 @@ class AsyncStore:
         return await self._on(self._wpool, lambda: fn(w))
 
     async def write(self, scrapes: Sequence[Scrape]) -> int:
-        return await self.run_writer(lambda s: s.write(scrapes))
+        def write(s: Store) -> int:
+            n = s.write(scrapes)
+            self.bound(s)
+            return n
+
+        return await self.run_writer(write)
 
     async def run_reader(self, fn: Callable[[Store], T]) -> T:
         """Run ``fn(store)`` on the reader thread (e.g. read and align a range)."""
@@ -327,6 +424,20 @@ class AsyncStore:
         names: Collection[str] | None = None,
     ) -> Samples:
         return await self.run_reader(lambda s: s.read(start, end, instances, names))
+
+    def bound(self, store: Store) -> None:
+        """On the writer thread: apply ``max_bytes`` (cheap when under it)."""
+        if self.max_bytes is None:
+            return
+        cutoff = store.bound_size(self.max_bytes)
+        if cutoff is not None:
+            log.warning(
+                "store: over %d bytes in use, deleted scrapes older than %s (%.1f h ago); "
+                "raise embedded.max_db_bytes or lower embedded.retention",
+                self.max_bytes,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(cutoff)),
+                (time.time() - cutoff) / 3600,
+            )
 
     async def expire(self, now: float | None = None) -> int:
         """Apply the retention setting: delete what is older than ``now - retention``."""

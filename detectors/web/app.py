@@ -1,4 +1,10 @@
-"""The analyzer's HTTP application: ``/`` overview, ``/metrics``, ``/healthz``, ``/api/...``."""
+"""The analyzer's HTTP application: ``/`` overview, ``/metrics``, ``/healthz``, ``/readyz``,
+``/api/...``.
+
+With a web config (``--web-config``) every path needs basic auth and/or TLS, probes included.
+Whatever the config, a state-changing request (anything but GET, HEAD, OPTIONS) that a browser
+could send from another site is refused with 403 (see :func:`cross_origin_middleware`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from yarl import URL
 
 from dcwatch.detectors.alerting.sender import AlertSender
 from dcwatch.detectors.capacity.planner import CapacityPlanner
@@ -23,6 +31,7 @@ from dcwatch.detectors.sources.queries import NamedQuery, load_queries, needed_m
 from dcwatch.detectors.web.metrics import analyzer_families
 from dcwatch.detectors.web.page import render_overview
 from dcwatch.exposition import metrics_response
+from dcwatch.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("dcwatch.analyzer")
 
@@ -66,16 +75,26 @@ async def cancel(task: asyncio.Task[None] | None) -> None:
 
 
 def make_app(
-    cfg: AnalyzerConfig, *, source: Source | None = None, run_loop: bool = True
+    cfg: AnalyzerConfig,
+    *,
+    source: Source | None = None,
+    run_loop: bool = True,
+    web_config: WebConfig | None = None,
 ) -> web.Application:
     """Build the analyzer app; tests may pass their own ``source`` or drive passes by hand.
+
+    ``web_config`` is the already-read web config (else read from ``cfg.web_config``); its
+    basic auth covers every path.
 
     Each resource is its own cleanup context, started in order (source, alert sender, fit
     backend, analyzer and its scoring loop, capacity planner and its loop) and closed in reverse:
     when one fails to start, those already started are closed by ``runner.cleanup()``.
 
-    Raises ConfigError for a malformed capacity rule, before anything starts."""
-    app = web.Application()
+    Raises ConfigError for a malformed capacity rule or web config, before anything starts."""
+    if web_config is None and cfg.web_config is not None:
+        web_config = load_web_config(cfg.web_config)
+    middlewares = web_config.middlewares() if web_config is not None else []
+    app = web.Application(middlewares=[*middlewares, cross_origin_middleware])
     app[STARTED] = time.time()
     rules: tuple[CapacityRule, ...] = parse_rules(cfg.capacity_rules)
 
@@ -152,6 +171,7 @@ def make_app(
     app.router.add_get("/", overview_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz_handler)
+    app.router.add_get("/readyz", readyz_handler)
     app.router.add_get("/api/nodes", nodes_handler)
     app.router.add_post("/api/refit", refit_handler)
     return app
@@ -162,19 +182,91 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return metrics_response(request, list(families))
 
 
-async def healthz_handler(request: web.Request) -> web.Response:
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Content types a cross-site HTML form (or a "simple" fetch) can send without a CORS preflight.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+
+
+def cross_origin_refusal(request: web.Request) -> str:
+    """Why a state-changing request looks sent by a browser on behalf of another site; "" if not.
+
+    Browsers say where a request comes from (``Sec-Fetch-Site``, ``Origin``); scripts and curl
+    send neither and pass. A form can only send the simple content types, which no endpoint
+    needs, so those are refused too: that stops old browsers that send neither header.
+    """
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {site}"
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_origin(origin, request):
+        return f"Origin {origin[:100]!r} is not this server"
+    ctype = request.headers.get("Content-Type")
+    if ctype is not None and ctype.split(";", 1)[0].strip().lower() in FORM_TYPES:
+        return f"content type {request.content_type} (send JSON, or no body)"
+    return ""
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    try:
+        theirs = URL(origin)
+        ours = URL.build(scheme=request.scheme, authority=request.host)
+    except (ValueError, TypeError):
+        return False  # "null" (a sandboxed page), garbage
+    if not theirs.is_absolute() or theirs.path not in ("", "/"):
+        return False
+    return (theirs.scheme, theirs.host, theirs.port) == (ours.scheme, ours.host, ours.port)
+
+
+@web.middleware
+async def cross_origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """403 for a state-changing request from another site (CSRF), with or without auth: basic
+    auth does not help here, the browser attaches remembered credentials itself."""
+    if request.method not in SAFE_METHODS:
+        why = cross_origin_refusal(request)
+        if why:
+            log.warning(
+                "refused cross-origin %s %s from %s: %s",
+                request.method,
+                request.path,
+                request.remote,
+                why,
+            )
+            raise web.HTTPForbidden(text=f"cross-origin request refused: {why}\n")
+    return await handler(request)
+
+
+def _health_body(request: web.Request) -> tuple[dict[str, object], bool]:
     an = request.app[ANALYZER]
+    health = an.health()
     states: dict[str, int] = {}
     for n in an.nodes.values():
         states[n.status] = states.get(n.status, 0) + 1
-    status = {
-        "status": "ok" if not an.last_source_error or an.passes else "degraded",
+    body: dict[str, object] = {
+        "status": health.status,
+        "reasons": list(health.reasons),
+        "info": list(health.info),
+        "ready": health.ready,
         "mode": an.cfg.mode,
         "nodes": states,
         "passes": an.passes,
+        "last_source_success": an.last_source_success,
         "uptime_seconds": round(time.time() - request.app[STARTED], 1),
     }
-    return web.json_response(status, dumps=lambda o: json.dumps(o) + "\n")
+    return body, health.ready
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    """Liveness: 200 while the process serves, ``ok`` or ``degraded`` with the reasons."""
+    body, _ = _health_body(request)
+    return web.json_response(body, dumps=lambda o: json.dumps(o) + "\n")
+
+
+async def readyz_handler(request: web.Request) -> web.Response:
+    """Readiness: 503 until the source has answered once, then as ``/healthz``."""
+    body, ready = _health_body(request)
+    return web.json_response(
+        body, status=200 if ready else 503, dumps=lambda o: json.dumps(o) + "\n"
+    )
 
 
 async def nodes_handler(request: web.Request) -> web.Response:

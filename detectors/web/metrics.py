@@ -50,6 +50,12 @@ FIT_DURATION = MetricSpec(
     "dcwatch_model_fit_duration_seconds", "Duration of the node's last fit", ("instance",)
 )
 SERIES = MetricSpec("dcwatch_model_series", "Series the node's model uses", ("instance",))
+SERIES_DROPPED = MetricSpec(
+    "dcwatch_model_series_dropped",
+    "Series of the node the model leaves out: no_signal (constant or empty in training), "
+    "over_limit (the least informative beyond model.max_series)",
+    ("instance", "reason"),
+)
 SCORED = MetricSpec(
     "dcwatch_scored_rows_total", "Rows scored for the node", ("instance",), kind="counter"
 )
@@ -72,6 +78,19 @@ TARGET_DURATION = MetricSpec(
     "dcwatch_target_scrape_duration_seconds",
     "Duration of the last embedded scrape",
     ("target", "instance"),
+)
+TARGET_ERRORS = MetricSpec(
+    "dcwatch_target_scrape_errors_total",
+    "Failed embedded scrapes of the agent by reason (timeout, http, parse, body_size_limit, "
+    "sample_limit, credentials)",
+    ("target", "instance", "reason"),
+    kind="counter",
+)
+TARGET_NONFINITE = MetricSpec(
+    "dcwatch_target_nonfinite_samples_total",
+    "NaN or infinite samples of the agent dropped (never stored)",
+    ("target", "instance"),
+    kind="counter",
 )
 STATES = ("cold_start", "fitted", "stale")
 
@@ -159,6 +178,9 @@ def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> I
             f.add(FIT_TIME, node.model.fitted_at_, inst)
             f.add(FIT_AGE, now - node.model.fitted_at_, inst)
             f.add(SERIES, len(node.model.series), inst)
+            sel = node.model.selection_
+            f.add(SERIES_DROPPED, sel.no_signal, inst, "no_signal")
+            f.add(SERIES_DROPPED, sel.over_limit, inst, "over_limit")
         if node.fit_duration:
             f.add(FIT_DURATION, node.fit_duration, inst)
         if node.anomaly:
@@ -175,6 +197,9 @@ def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> I
         f.add(TARGET_UP, None if t.up is None else int(t.up), t.url, t.instance)
         f.add(TARGET_FAILURES, t.failures, t.url, t.instance)
         f.add(TARGET_DURATION, t.last_duration, t.url, t.instance)
+        for reason, n in t.errors:
+            f.add(TARGET_ERRORS, n, t.url, t.instance, reason)
+        f.add(TARGET_NONFINITE, t.nonfinite, t.url, t.instance)
     yield from f
     yield from an.sender.collect()
     if planner is not None:

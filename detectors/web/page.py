@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from dcwatch.detectors.web.capacity_page import render_capacity
 from dcwatch.detectors.web.markup import CAPACITY_STYLE, PAGE_STYLE, plural
+from dcwatch.urls import redact_text
 
 if TYPE_CHECKING:
     from dcwatch.detectors.capacity.planner import CapacityPlanner
@@ -33,7 +34,7 @@ def render_overview(an: Analyzer, planner: CapacityPlanner | None = None) -> str
         status = {
             "cold_start": "cold start (collecting history)",
             "fitted": "fitted",
-            "stale": f"stale {e(n.fit_error)}",
+            "stale": f"stale {e(redact_text(n.fit_error))}",
         }[n.status]
         rows.append(
             f"<tr class='{cls}'><td>{e(n.instance)}</td><td>{status}</td>"

@@ -511,6 +511,40 @@ async def test_unwritable_alert_log_is_counted(tmp_path: Path) -> None:
         assert sender.log_stats.dropped == 1 and sender.log_stats.up is False
 
 
+# --- health ---------------------------------------------------------------------------------
+
+
+async def test_problems_name_an_unreachable_alertmanager_until_it_answers(tmp_path: Path) -> None:
+    fake = FakeAlertmanager()  # configured, not listening yet
+    with_password = fake.url.replace("http://", "http://am-user:s3cret@")
+    sender = AlertSender(config(tmp_path, with_password, timeout=0.5))
+    await sender.start(background=False)
+    try:
+        assert sender.problems() == []  # nothing tried yet: nothing wrong
+        await sender.fire(alert())
+        assert not await sender.flush()
+        (problem,) = sender.problems()
+        assert problem.startswith(f"alertmanager {fake.url} unreachable")
+        assert "1 alerts queued" in problem and "s3cret" not in problem
+        await fake.start()
+        assert await sender.flush()
+        assert sender.problems() == []
+    finally:
+        await sender.stop()
+        await fake.stop()
+
+
+async def test_problems_name_an_unwritable_alert_log_and_a_full_queue(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    sender = AlertSender(config(tmp_path, alert_log=blocker / "alerts.jsonl", queue_max=1))
+    async with sender:
+        await sender.fire(alert())
+        problems = sender.problems()
+    assert any("alert log" in p and "cannot be written" in p for p in problems)
+    assert any("alert queue full (1 of queue_max=1)" in p for p in problems)
+
+
 # --- in an aiohttp app ----------------------------------------------------------------------
 
 

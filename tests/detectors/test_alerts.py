@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from datetime import datetime
 from pathlib import Path
@@ -191,7 +192,40 @@ def test_config_is_validated(kw: dict, problem: str) -> None:
 def test_config_error_does_not_show_password() -> None:
     with pytest.raises(ValueError) as e:
         AlertingConfig(alertmanagers=("ftp://u:s3cret@host",))
-    assert "s3cret" not in str(e.value)
+    assert "s3cret" not in str(e.value) and "u:" not in str(e.value)
+    assert "ftp://host" in str(e.value)
+
+
+def test_secrets_stay_out_of_the_config_repr() -> None:
+    cfg = AlertingConfig(bearer_token="t0ken-value")
+    assert "t0ken-value" not in repr(cfg)
+    cfg = AlertingConfig(basic_auth_username="u", basic_auth_password="pa55word")
+    assert "pa55word" not in repr(cfg) and "basic_auth_username='u'" in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("key", "flag"),
+    [
+        ("alerting.bearer_token", "--alerting-bearer-token"),
+        ("alerting.basic_auth.password", "--alerting-basic-auth-password"),
+    ],
+)
+def test_secret_flags_are_refused_but_env_and_file_work(key: str, flag: str) -> None:
+    parser = argparse.ArgumentParser()
+    st.add_arguments(parser, ALERTING_SETTINGS)
+    env_name = "DCWATCH_" + key.replace(".", "_").upper()
+    assert env_name in " ".join(parser.format_help().split())  # help says where it may come from
+    with pytest.raises(st.ConfigError) as e:
+        st.resolve(ALERTING_SETTINGS, parser.parse_args([flag, "s3cret"]), env={})
+    msg = str(e.value)
+    assert "\n" not in msg and "s3cret" not in msg
+    assert msg.startswith(f"flag {flag}: refused")
+    assert f"{flag}-file PATH" in msg and env_name in msg
+    # the same value from the environment, or its _file variant as a flag, is accepted
+    values, _ = st.resolve(ALERTING_SETTINGS, parser.parse_args([]), env={env_name: "from-env"})
+    assert values[key] == "from-env"
+    values, _ = st.resolve(ALERTING_SETTINGS, parser.parse_args([f"{flag}-file", "/s"]), env={})
+    assert values[key + "_file"] == Path("/s")
 
 
 def test_alert_log_path_defaults_only_without_alertmanager(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dcwatch.detectors.config import load_analyzer_config
 from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.models.ensemble import EnsembleDetector
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
 from dcwatch.detectors.sources.base import TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery
@@ -117,3 +119,33 @@ async def test_service_fits_like_nodes_together(aiohttp_client, tmp_path: Path) 
     assert pickle.dumps(c1.detector_) != pickle.dumps(a1.detector_)
     await an.score_pass(t + STEP)
     assert all(n.status == "fitted" and not n.anomaly for n in an.nodes.values())
+
+
+def test_group_bounds_pooled_rows_and_shared_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    pooled: list[int] = []
+    fit = EnsembleDetector.fit
+
+    def spy(self: EnsembleDetector, X: np.ndarray, y: object = None) -> EnsembleDetector:
+        pooled.append(len(X))
+        return fit(self, X, y)
+
+    monkeypatch.setattr(EnsembleDetector, "fit", spy)
+    frames = {f"n{i}": frame(i, 0, 960, level=1 + 0.2 * i) for i in range(3)}
+    frames["n2"].values[:, 3] = 900.0  # fan stuck on one member: no signal for the group
+    rng = np.random.default_rng(9)
+    for f in frames.values():  # utilisation swings on every member: the most informative
+        f.values[:, 2] = np.clip(0.5 + rng.normal(0, 0.3, len(f)), 0, 1)
+    unbounded = NodeModel.fit_group(frames, ModelConfig(n_estimators=20))
+    assert pooled == [sum(m.train_rows_ for m in unbounded.values())]
+    pooled.clear()
+    cfg = ModelConfig(n_estimators=20, max_train_rows=600, max_series=1)
+    models = NodeModel.fit_group(frames, cfg)
+    # Each member learns from its last 600 rows at most; the shared detector from 600 of all.
+    assert pooled == [600]
+    assert all(m.train_rows_ <= 600 for m in models.values())
+    assert sum(m.train_rows_ for m in models.values()) > 600
+    for name, m in models.items():
+        assert m.series == ["util"], name
+        assert (m.selection_.seen, m.selection_.over_limit, m.selection_.no_signal) == (4, 2, 1)
+    restored = NodeModel.loads(models["n1"].dumps())
+    assert restored.selection_ == models["n1"].selection_

@@ -260,9 +260,186 @@ def test_decode_matrix_handles_special_values_and_restores_gc() -> None:
     assert gc.isenabled()
     assert labels == {"instance": "a"}
     np.testing.assert_array_equal(ts, [1, 2, 3])
-    assert vals[0] == 1.5 and np.isnan(vals[1]) and vals[2] == np.inf
+    assert vals[0] == 1.5 and np.isnan(vals[1]) and np.isnan(vals[2])  # ±Inf: no data
     with gc_paused():
         with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+# --- malformed answers, non-finite values, oversized answers, credentials -------------------
+
+
+def matrix(result: Any) -> bytes:
+    return json.dumps(
+        {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    ).encode()
+
+
+GOOD = matrix([{"metric": {"instance": "n1:9478"}, "values": [[0, "1"], [15, "2"]]}])
+BAD_ANSWERS = {
+    "data null": (b'{"status": "success", "data": null}', "data is null"),
+    "result null": (
+        b'{"status":"success","data":{"resultType":"matrix","result":null}}',
+        "result is null",
+    ),
+    "result not a list": (matrix({"a": 1}), "result is a dict"),
+    "vector not matrix": (
+        b'{"status":"success","data":{"resultType":"vector","result":[]}}',
+        "resultType is 'vector'",
+    ),
+    "series not an object": (matrix([1]), "series 0 is a int"),
+    "metric null": (matrix([{"metric": None, "values": [[0, "1"]]}]), "series 0: metric"),
+    "values not a list": (matrix([{"metric": {}, "values": "1,2"}]), "values is '1,2'"),
+    "number not string": (matrix([{"metric": {}, "values": [[0, 1.5]]}]), "not [timestamp"),
+    "pair too short": (matrix([{"metric": {}, "values": [[0]]}]), "not [timestamp"),
+    "timestamp a string": (matrix([{"metric": {}, "values": [["0", "1"]]}]), "not [timestamp"),
+    "value garbage": (matrix([{"metric": {}, "values": [[0, "lots"]]}]), "not [timestamp"),
+    "not json": (b"<html>502 Bad Gateway</html>", "not JSON"),
+    "truncated": (GOOD[: len(GOOD) // 2], "not JSON"),
+    "top level a list": (b"[]", "a JSON list"),
+    "200 with status error": (
+        b'{"status":"error","errorType":"internal","error":"storage busy"}',
+        "status 'error': internal: storage busy",
+    ),
+}
+
+
+async def serve_bodies(aiohttp_server: ServerFactory, bodies: list[bytes]) -> tuple[list[int], str]:
+    """A Prometheus answering 200 with each of ``bodies`` in turn (the last one for ever)."""
+    seen: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(1)
+        body = bodies[min(len(seen), len(bodies)) - 1]
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query_range", handler)
+    server = await aiohttp_server(app)
+    return seen, str(server.make_url(""))
+
+
+@pytest.mark.parametrize("case", list(BAD_ANSWERS))
+async def test_malformed_answer_is_a_counted_retried_source_error(
+    aiohttp_server: ServerFactory, case: str
+) -> None:
+    body, reason = BAD_ANSWERS[case]
+    seen, url = await serve_bodies(aiohttp_server, [body])
+    src = source(url, QUERIES[:1], retries=2)
+    try:
+        with pytest.raises(SourceError) as e:
+            await src.fetch(0, 15, 15)
+    finally:
+        await src.close()
+    msg = str(e.value)
+    assert "bad answer" in msg and reason in msg and "(after 3 attempts)" in msg
+    assert "\n" not in msg and len(msg) < 400
+    assert len(seen) == 3 and src.bad_answers == 3 and src.failures == 1
+
+
+async def test_a_malformed_answer_then_a_good_one_succeeds(aiohttp_server: ServerFactory) -> None:
+    seen, url = await serve_bodies(aiohttp_server, [b'{"status":"success","data":null}', GOOD])
+    src = source(url, QUERIES[:1], retries=2)
+    try:
+        frames = await src.fetch(0, 15, 15)
+    finally:
+        await src.close()
+    np.testing.assert_array_equal(frames["n1:9478"].values[:, 0], [1, 2])
+    assert len(seen) == 2 and src.bad_answers == 1 and src.errors == {}
+
+
+async def test_non_finite_values_become_no_data_and_are_counted(
+    aiohttp_server: ServerFactory,
+) -> None:
+    pts = [[0, "1"], [15, "NaN"], [30, "+Inf"], [45, "-Inf"], [60, "5"]]
+    _, url = await serve_bodies(
+        aiohttp_server, [matrix([{"metric": {"instance": "a"}, "values": pts}])]
+    )
+    src = source(url, QUERIES[:1])
+    try:
+        frames = await src.fetch(0, 60, 15)
+    finally:
+        await src.close()
+    col = frames["a"].values[:, 0]
+    assert col[0] == 1 and col[4] == 5 and np.isnan(col[1:4]).all()
+    assert src.nonfinite_values == 3
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_answer_over_the_size_bound_is_refused_not_retried(
+    aiohttp_server: ServerFactory, chunked: bool
+) -> None:
+    seen: list[int] = []
+    big = matrix([{"metric": {"instance": f"n{i}"}, "values": [[0, "1"]]} for i in range(2000)])
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(1)
+        if not chunked:
+            return web.Response(body=big, content_type="application/json")
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(big), 4096):
+            await resp.write(big[i : i + 4096])
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query_range", handler)
+    server = await aiohttp_server(app)
+    src = source(str(server.make_url("")), QUERIES[:1], max_response_bytes=16384, retries=3)
+    try:
+        with pytest.raises(SourceError, match="max_response_bytes=16384"):
+            await src.fetch(0, 15, 15)
+    finally:
+        await src.close()
+    assert len(seen) == 1 and src.failures == 1
+    # under the bound the same answer is read
+    src = source(str(server.make_url("")), QUERIES[:1], max_response_bytes=len(big))
+    try:
+        assert len(await src.fetch(0, 15, 15)) == 2000
+    finally:
+        await src.close()
+
+
+async def test_credentials_in_the_url_are_used_and_never_shown(
+    aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = await start_fake(aiohttp_server)
+    with_password = url.replace("http://", "http://dcwatch:hunter2@")
+    src = source(with_password, QUERIES[:1])
+    try:
+        await src.fetch(0, 15, 15)
+    finally:
+        await src.close()
+    assert fake.requests[-1]["auth"] == "Basic " + base64.b64encode(b"dcwatch:hunter2").decode()
+    assert src.name == f"prometheus {url}"
+    assert "hunter2" not in repr(src.config) and "hunter2" not in repr(
+        PrometheusConfig(url="http://x:9090", password="hunter2")
+    )
+
+    caplog.set_level(logging.DEBUG, "dcwatch.analyzer.prometheus")
+    down = source("http://dcwatch:hunter2@127.0.0.1:9", QUERIES[:1], retries=1, timeout=2)
+    try:
+        with pytest.raises(SourceError) as e:
+            await down.fetch(0, 15, 15)
+    finally:
+        await down.close()
+    assert "http://127.0.0.1:9" in str(e.value)
+    assert "hunter2" not in str(e.value) and "hunter2" not in caplog.text
+    with pytest.raises(ValueError) as bad:
+        PrometheusConfig(url="prom://dcwatch:hunter2@x:9090")
+    assert "hunter2" not in str(bad.value)
+    with pytest.raises(ValueError, match="bearer token or basic auth"):
+        PrometheusConfig(url="http://u:p@x:9090", bearer_token="t")
+
+
+async def test_unreadable_secret_file_is_a_source_error(tmp_path: Path) -> None:
+    src = source("http://127.0.0.1:9", QUERIES[:1], bearer_token_file=tmp_path / "missing")
+    try:
+        with pytest.raises(SourceError, match=r"bearer_token_file .*missing: cannot read"):
+            await src.fetch(0, 15, 15)
+    finally:
+        await src.close()
+    assert src.requests == 0

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from dcwatch.detectors.alerting.alerts import build_alert
 from dcwatch.detectors.alerting.sender import AlertSender
 from dcwatch.detectors.capacity.planner import CapacityPlanner
 from dcwatch.detectors.config import load_analyzer_config
 from dcwatch.detectors.frame import Frame
+from dcwatch.detectors.main import main as analyzer_main
 from dcwatch.detectors.models.fitting import FitBackend
 from dcwatch.detectors.service import Analyzer
-from dcwatch.detectors.sources.base import TargetStatus
+from dcwatch.detectors.sources.base import SourceError, TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery
-from dcwatch.detectors.web.app import ANALYZER, make_app
+from dcwatch.detectors.web.app import ANALYZER, SENDER, make_app
 from dcwatch.settings import ConfigError
 
 STEP = 15.0
@@ -291,3 +293,156 @@ async def test_app_closes_every_resource_in_reverse_order(
     await runner.cleanup()
     assert events[len(order) :] == [f"{r}.close" for r in reversed(order)]
     assert live_loops() == []
+
+
+# --- honest health ----------------------------------------------------------------------------
+
+
+class FlakySource(FakeSource):
+    """FakeSource whose reads raise SourceError (with a reason) while ``broken`` is set."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(start)
+        self.broken = ""
+
+    async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]:
+        if self.broken:
+            raise SourceError(self.broken)
+        return await super().fetch(start, end, step)
+
+
+async def health(client: Any, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
+    r = await client.get(path)
+    return r.status, await r.json()
+
+
+async def test_healthz_is_degraded_with_the_source_error_and_recovers(
+    aiohttp_client: Any, tmp_path: Path, clock_start: float
+) -> None:
+    src = FlakySource(clock_start)
+    app = make_app(config(tmp_path), source=src, run_loop=False)
+    client = await aiohttp_client(app)
+    an = app[ANALYZER]
+
+    # Before the first read: alive, not ready.
+    status, body = await health(client, "/readyz")
+    assert status == 503 and body["status"] == "ok" and body["ready"] is False
+
+    # A broken source: 200 (liveness) but degraded, with the reason and no credentials.
+    src.broken = "embedded store http://u:s3cret@x/ corrupt: database disk image is malformed"
+    await an.score_pass(clock_start)
+    status, body = await health(client)
+    assert status == 200 and body["status"] == "degraded"
+    (reason,) = body["reasons"]
+    assert reason.startswith("source: embedded store http://x/ corrupt: database disk image")
+    assert "1 failed pass in a row" in reason and "s3cret" not in json.dumps(body)
+    assert (await health(client, "/readyz"))[0] == 503
+    await an.score_pass(clock_start + STEP)
+    assert "2 failed passes in a row" in (await health(client))[1]["reasons"][0]
+
+    # A good read: ok again, ready, and the node's cold start is information, not a failure.
+    src.broken = ""
+    await an.score_pass(clock_start + 2 * STEP)
+    await an.wait_fits()
+    status, body = await health(client)
+    assert (status, body["status"], body["reasons"]) == (200, "ok", [])
+    assert body["nodes"] == {"cold_start": 1}
+    assert any("1 node(s) in cold start" in i for i in body["info"])
+    assert (await health(client, "/readyz"))[0] == 200
+
+    # Failing later reads make it degraded again; readiness stays (it has data to serve).
+    src.broken = "prometheus http://p:9090: every query failed: HTTP 503"
+    await an.score_pass(clock_start + 3 * STEP)
+    status, body = await health(client, "/readyz")
+    assert status == 200 and body["status"] == "degraded"
+
+
+async def test_healthz_is_degraded_while_fits_fail_and_alerts_cannot_be_delivered(
+    aiohttp_client: Any, tmp_path: Path, clock_start: float
+) -> None:
+    dead_am = "http://am-user:s3cret@127.0.0.1:9"  # nothing listens on the discard port
+    src = FlakySource(clock_start)
+    app = make_app(
+        config(tmp_path, "--alerting-alertmanagers", dead_am, "--alerting-timeout", "1"),
+        source=src,
+        run_loop=False,
+    )
+    client = await aiohttp_client(app)
+    an = app[ANALYZER]
+    await drive(app, src, clock_start, clock_start + 3 * 3600)  # enough history to fit
+    node = an.nodes["node-1:9478"]
+    assert node.status == "fitted" and (await health(client))[1]["status"] == "ok"
+
+    # The refit cannot read its training window: the node keeps its old model; degraded.
+    src.broken = "store unreadable"
+    assert an.request_fit("node-1:9478", clock_start + 3 * 3600)
+    await an.wait_fits()
+    body = (await health(client))[1]
+    assert body["status"] == "degraded"
+    assert body["reasons"] == [
+        "fits: 1 node(s) have an old model, fit failed (node-1:9478: store unreadable)"
+    ]
+
+    # An alert that cannot reach the Alertmanager is named too, without its password.
+    src.broken = ""
+    sender = app[SENDER]
+    await sender.fire(
+        build_alert(an.cfg.alerting, alertname="X", severity="warning", instance="n:1", summary="s")
+    )
+    assert not await sender.flush()
+    reasons = (await health(client))[1]["reasons"]
+    assert any(r.startswith("alerts: alertmanager http://127.0.0.1:9 unreachable") for r in reasons)
+    assert "s3cret" not in json.dumps(reasons)
+
+
+# --- secrets and the web config on the command line -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--prometheus-password",
+        "--prometheus-bearer-token",
+        "--alerting-bearer-token",
+        "--alerting-basic-auth-password",
+    ],
+)
+def test_secret_flags_exit_2_with_one_line(
+    tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--prometheus-url", "http://prom:9090", "--state-dir", str(tmp_path), flag, "s3cret"]
+    assert analyzer_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s3cret" not in err
+    env = "DCWATCH_" + flag[2:].replace("-", "_").upper()
+    assert f"flag {flag}: refused" in err and f"{flag}-file PATH" in err and env in err
+
+
+def test_prometheus_secrets_from_env_file_and_url(tmp_path: Path) -> None:
+    base = ["--prometheus-url", "http://prom:9090", "--state-dir", str(tmp_path)]
+    cfg = load_analyzer_config(
+        [*base, "--prometheus-username", "u"], env={"DCWATCH_PROMETHEUS_PASSWORD": "pw"}
+    )
+    assert cfg.prometheus is not None and cfg.prometheus.password == "pw"
+    f = tmp_path / "analyzer.yaml"
+    f.write_text("prometheus:\n  url: http://prom:9090\n  bearer_token: t0ken-xyz\n")
+    cfg = load_analyzer_config(["--config", str(f), "--state-dir", str(tmp_path)], env={})
+    assert cfg.prometheus is not None and cfg.prometheus.bearer_token == "t0ken-xyz"
+    assert "t0ken-xyz" not in repr(cfg)
+    cfg = load_analyzer_config(
+        ["--prometheus-url", "http://u:pw@prom:9090", "--state-dir", str(tmp_path)], env={}
+    )
+    assert cfg.prometheus is not None and ":pw@" not in repr(cfg)
+
+
+def test_bad_web_config_exits_2_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  admin: not-a-bcrypt-hash\n")
+    argv = ["--target", "http://n:9478/metrics", "--state-dir", str(tmp_path), "--web-config"]
+    assert analyzer_main([*argv, str(web)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(web) in err and "basic_auth_users" in err
+    assert analyzer_main([*argv, str(tmp_path / "missing.yml")]) == 2
+    assert "missing.yml" in capsys.readouterr().err
