@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 import urllib.request
@@ -14,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.dcwatch_procs import copy_tree
-from tests.procs import Proc
+from tests.e2e.dcwatch_procs import copy_tree, start_agent
 
 
 def hang(path: Path) -> None:
@@ -34,19 +32,7 @@ def test_hung_reads_degrade_health_and_do_not_block_shutdown(tmp_path: Path) -> 
     hang(root / "sys/devices/virtual/thermal/thermal_zone0/temp")
     hang(next((root / "sys/class/net").iterdir()).resolve() / "carrier")
 
-    def argv(port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "dcwatch.cli",
-            "agent",
-            f"--listen=127.0.0.1:{port}",
-            f"--sysfs={root / 'sys'}",
-            f"--procfs={root / 'proc'}",
-            "--collector-timeout=1s",
-        ]
-
-    agent = Proc("dcwatch-agent", argv, tmp_path, ready_path="/healthz").start()
+    agent = start_agent(tmp_path, root, ["--collector-timeout=1s"])
     try:
         t0 = time.monotonic()
         body = get(agent.url + "/metrics").decode()
