@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 # scheme://userinfo@ where userinfo has no "/", "@" or whitespace (RFC 3986 authority).
 _USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@")
+# the same before a scheme-less ``user:pass@host:port`` (a target as typed)
+_BARE_USERINFO = re.compile(r"^[^/?#@\s]*@")
 
 
 def redact_url(url: str) -> str:
@@ -22,6 +24,8 @@ def redact_url(url: str) -> str:
     Path, query and fragment are kept; a string that does not parse as a URL loses everything
     up to the last ``@`` of its authority anyway, so a malformed URL cannot leak a password.
     """
+    if "://" not in url:
+        return _BARE_USERINFO.sub("", url)
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an invalid IPv6 literal

@@ -32,8 +32,8 @@ from dcwatch.detectors.sources.targets import (
     Target,
     parse_target,
     parse_targets,
-    redact,
 )
+from dcwatch.urls import redact_text
 
 log = logging.getLogger("dcwatch.analyzer.scraper")
 
@@ -245,7 +245,7 @@ class Scraper:
         except aiohttp.ClientError as e:
             if isinstance(e, asyncio.TimeoutError):
                 raise
-            raise ScrapeFailure("http", redact(f"{type(e).__name__}: {e}")) from None
+            raise ScrapeFailure("http", redact_text(f"{type(e).__name__}: {e}")) from None
 
     async def _submit(self, instance: str, ts: float, body: bytearray) -> Parsed:
         """Parse and store ``body`` on the writer thread, in a batch with the scrapes that

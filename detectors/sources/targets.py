@@ -25,9 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
+
+from dcwatch.urls import redact_url
 
 AUTH_KEYS = ("basic_auth", "bearer_token_file", "tls_config")
 _TLS_KEYS = ("ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify")
@@ -69,21 +71,10 @@ def target_url(target: str) -> str:
         t = "http://" + t
     parts = urlsplit(t)
     if not parts.hostname:
-        raise ValueError(f"bad target {redact(target)!r}")
+        raise ValueError(f"bad target {redact_url(target)!r}")
     if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"target {redact(t)!r}: scheme must be http or https")
+        raise ValueError(f"target {redact_url(t)!r}: scheme must be http or https")
     return t if parts.path not in ("", "/") else t.rstrip("/") + "/metrics"
-
-
-def redact(url: str) -> str:
-    """``url`` without its userinfo (``http://u:p@h/x`` -> ``http://h/x``)."""
-    if "@" not in url:
-        return url
-    try:
-        p = urlsplit(url if "://" in url else "http://" + url)
-    except ValueError:
-        return "<unparsable URL>"
-    return urlunsplit(p._replace(netloc=p.netloc.rpartition("@")[2]))
 
 
 def instance_of(url: str) -> str:
@@ -118,7 +109,7 @@ def parse_target(spec: str | Mapping[str, Any], base: Path | None = None) -> Tar
     if not isinstance(url, str):
         raise ValueError("a target entry needs 'url: <URL>'")
     t = _from_url(target_url(url))
-    name = redact(url)
+    name = redact_url(url)
     token = spec.get("bearer_token_file")
     if ba is not None and token is not None:
         raise ValueError(f"target {name}: basic_auth and bearer_token_file are exclusive")
@@ -143,7 +134,7 @@ def _from_url(url: str) -> Target:
     p = urlsplit(url)
     if p.username is None and p.password is None:
         return Target(url)
-    return Target(redact(url), unquote(p.username or ""), unquote(p.password or ""))
+    return Target(redact_url(url), unquote(p.username or ""), unquote(p.password or ""))
 
 
 def _path(v: Any, base: Path | None) -> Path:

@@ -31,9 +31,9 @@ from dcwatch.detectors.sources.targets import (
     instance_of,
     parse_targets,
     parse_targets_file,
-    redact,
 )
 from dcwatch.detectors.web.metrics import analyzer_families
+from dcwatch.urls import redact_url as redact
 from tests.agent.test_webconfig import self_signed, signed_by
 from tests.detectors.test_scraper import EXPOSITION, QUERIES, cfg
 
