@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -14,7 +15,9 @@ from dcwatch.agent.config import AgentConfig
 from dcwatch.agent.registry import CollectorRunner, build_collectors
 from dcwatch.exporters.base import Collector, CollectorDeps
 from dcwatch.exposition import metrics_response
-from dcwatch.webconfig import WebConfig, load_web_config
+
+if TYPE_CHECKING:
+    from dcwatch.webconfig import WebConfig
 
 log = logging.getLogger("dcwatch.agent")
 
@@ -80,6 +83,8 @@ def make_app(
     """Build the agent app. ``collectors``/``deps`` let tests inject fakes (e.g. a fake NVML);
     ``web_config`` is the already-read web config (else read from ``config.web_config``)."""
     if web_config is None and config.web_config is not None:
+        from dcwatch.webconfig import load_web_config  # only when used (~2 MiB)
+
         web_config = load_web_config(config.web_config)
     middlewares = web_config.middlewares() if web_config is not None else []
     app = web.Application(middlewares=middlewares)

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import http.client
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -48,10 +49,10 @@ class Server:
         return t.user + t.system
 
 
-def start_dcwatch(root: Path, collectors: str) -> Server:
+def start_dcwatch(root: Path, collectors: str, agent_cmd: str = "") -> Server:
     port = free_port()
     cmd = [
-        str(REPO / ".venv/bin/dcwatch"),
+        *(shlex.split(agent_cmd) if agent_cmd else [str(REPO / ".venv/bin/dcwatch")]),
         "agent",
         f"--listen=127.0.0.1:{port}",
         f"--sysfs={root / 'sys'}",
@@ -139,9 +140,18 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=5.0, help="duration of the throughput test")
     ap.add_argument("--report", type=Path, default=REPO / "bench/reports/agent_vs_node_exporter.md")
+    ap.add_argument(
+        "--agent-cmd",
+        default="",
+        help="command that runs dcwatch (e.g. another checkout's, for a before/after); "
+        "default .venv/bin/dcwatch",
+    )
     args = ap.parse_args()
 
-    servers = [start_dcwatch(args.root, args.collectors), start_node_exporter(args.root)]
+    servers = [
+        start_dcwatch(args.root, args.collectors, args.agent_cmd),
+        start_node_exporter(args.root),
+    ]
     try:
         conns = {}
         for s in servers:

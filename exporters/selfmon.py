@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterable
 
-import psutil
 from prometheus_client.core import Metric
 
 from dcwatch import __version__
@@ -32,6 +31,8 @@ class SelfCollector(Collector):
 
     def __init__(self, config: CollectorConfig, deps: CollectorDeps | None = None) -> None:
         super().__init__(config, deps)
+        import psutil  # here, not at import: a disabled self collector costs no RSS (~0.9 MiB)
+
         self._proc = psutil.Process()
         self._python = platform.python_version()
 

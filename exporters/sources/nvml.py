@@ -20,7 +20,6 @@ This module knows nothing of Prometheus.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import logging
 import math
@@ -208,6 +207,8 @@ def handle_key(handle: Any) -> Hashable:
     pynvml's handles are ctypes pointers: two of them (the one we hold and the one in an event's
     data) compare unequal even when they point at the same device, so key them by address.
     """
+    import ctypes  # loaded by pynvml already; not at import, where it would cost a GPU-less agent
+
     if isinstance(handle, ctypes._Pointer):
         return ("ptr", ctypes.cast(handle, ctypes.c_void_p).value)
     return handle
