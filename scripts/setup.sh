@@ -41,8 +41,16 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -vE '^(WARNING: Location|  WARNING)' || true
+# Install (editable, with the dev extras) only when pyproject.toml changed since the last time.
+stamp=.venv/.dcwatch-pyproject.sha256
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import dcwatch' 2>/dev/null; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  # setuptools warns that the checkout's dcwatch/ folder shadows the package: it is the package.
+  .venv/bin/python -m pip install -q -e '.[dev]' > .venv/pip-install.log 2>&1 \
+    || { cat .venv/pip-install.log >&2; echo "setup: pip install failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
 .venv/bin/python -c 'import dcwatch.agent.app, dcwatch.detectors.web.app' \
   || { echo "setup: the virtual environment is broken" >&2; exit 1; }
 echo "setup: ok (.venv ready)"
