@@ -3,6 +3,7 @@
 # GPU metrics: run with the NVIDIA container runtime (NVIDIA_VISIBLE_DEVICES=all,
 # NVIDIA_DRIVER_CAPABILITIES=utility): it injects libnvidia-ml; nvidia-ml-py is a base dependency.
 # The image holds the analyzer's extra too; a node that only runs the agent can `pip install dcwatch`.
+# The kubernetes extra (grpcio) lets the agent read the kubelet's pod-resources socket.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +17,7 @@ COPY dcwatch ./dcwatch
 COPY agent ./agent
 COPY exporters ./exporters
 COPY detectors ./detectors
-RUN pip install '.[analyzer]' \
+RUN pip install '.[analyzer,kubernetes]' \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/dcwatch \
        --shell /usr/sbin/nologin dcwatch \

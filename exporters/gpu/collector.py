@@ -41,10 +41,12 @@ from dcwatch.exporters.gpu.metrics import (
     XID_WATCHING,
     Sample,
 )
+from dcwatch.exporters.gpu.mig import read_migs
 from dcwatch.exporters.gpu.plan import Memo, probe, read
 from dcwatch.exporters.gpu.readings import readings
 from dcwatch.exporters.gpu.xid import XidWatcher
 from dcwatch.exporters.registry import register
+from dcwatch.exporters.sources.kmsg import KMSG_ONLY_XIDS, KmsgReader, pci_key
 from dcwatch.exporters.sources.nvml import GpuLostError, Nvml, NvmlUnavailableError, text
 from dcwatch.exposition import Families
 
@@ -59,11 +61,12 @@ log = logging.getLogger("dcwatch.collector.gpu")
 class GpuOptions:
     processes: bool = False
     xid_events: bool = True
+    kmsg_path: str = "/dev/kmsg"
 
 
 @register("gpu", default=True, order=10, description="NVIDIA GPUs through NVML, with XID events")
 class GpuCollector(Collector):
-    """NVIDIA GPUs through NVML: utilisation, memory, power, clocks, PCIe, NVLink, ECC, XID."""
+    """NVIDIA GPUs through NVML: utilisation, memory, power, clocks, PCIe, NVLink, ECC, XID, MIG."""
 
     METRICS = METRICS
     SETTINGS = (
@@ -81,6 +84,13 @@ class GpuCollector(Collector):
             "watch NVML XID events in a background thread",
             is_bool=True,
         ),
+        st.Setting(
+            "gpu.kmsg_path",
+            st.to_str,
+            "/dev/kmsg",
+            "kernel log read for XIDs 79/119/120, which NVML events never report (needs "
+            "CAP_SYSLOG or root, and gpu.xid_events); empty: not read",
+        ),
     )
     Options = GpuOptions
     options: GpuOptions
@@ -96,9 +106,12 @@ class GpuCollector(Collector):
         self._system: tuple[str, str] = ("", "")  # driver version, CUDA version
         self._pool: ThreadPoolExecutor | None = None
         self._thread: XidWatcher | None = None
+        self._kmsg: KmsgReader | None = None
         if self.options.xid_events:
             self._thread = XidWatcher(self._nv, self._ensure_ready, self._interval)
             self._thread.start()
+            if self.options.kmsg_path:
+                self._kmsg = KmsgReader(self.options.kmsg_path)
 
     # ---- collector API ----
 
@@ -126,9 +139,22 @@ class GpuCollector(Collector):
             if self._thread is not None and g.xid_watching is not None:
                 f.add(XID_WATCHING, 1 if g.xid_watching else 0, *base)
         if self._thread is not None:
+            self._count_kmsg_xids(gpus)
             for (gpu, uuid, xid), n in self._thread.counts():
                 f.add(XID, n, gpu, uuid, xid)
         return f
+
+    def _count_kmsg_xids(self, gpus: list[Gpu]) -> None:
+        """The kernel log's XIDs that NVML events cannot report, by the GPU's PCI address."""
+        if self._kmsg is None or self._thread is None:
+            return
+        by_pci = {pci_key(g.info[2]): g for g in gpus if g.info is not None}
+        for pci, xid in self._kmsg.poll():
+            if xid not in KMSG_ONLY_XIDS:
+                continue  # NVML's event counted it
+            g = by_pci.get(pci)
+            gpu, uuid = g.labels if g is not None else ("", "")
+            self._thread.add(gpu, uuid, xid)
 
     def read_errors(self) -> int:
         return self._nv.errors
@@ -139,6 +165,8 @@ class GpuCollector(Collector):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._kmsg is not None:
+            self._kmsg.close()
         self._nv.shutdown()
 
     def plan_report(self) -> str:
@@ -197,11 +225,16 @@ class GpuCollector(Collector):
         try:
             memo: Memo = {}
             if g.plan is None or now - g.probed_at >= self._interval:
+                # in MIG mode, processes are read per MIG device (the parent's need privileges)
+                procfs = None if g.migs else self._procfs
                 g.plan, memo = probe(
-                    self._nv, g.handle, readings(g.reasons, g.links, g.fans, self._procfs)
+                    self._nv, g.handle, readings(g.reasons, g.links, g.fans, procfs)
                 )
                 g.probed_at = now
-            return read(self._nv, g.handle, g.plan, memo)
+            out = read(self._nv, g.handle, g.plan, memo)
+            if g.migs:
+                out += read_migs(self._nv, g.handle, g.migs, self._procfs)
+            return out
         except GpuLostError as e:
             g.mark_lost(now, self._interval, e.fn)
             return None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcwatch.exporters.gpu.metrics import CLOCK_REASONS, EXTRA_CLOCK_REASONS, Labels, Sample
+from dcwatch.exporters.gpu.mig import mig_count
 from dcwatch.exporters.gpu.plan import Plan, read
 from dcwatch.exporters.gpu.readings import STATIC
 from dcwatch.exporters.sources import nvml as nv
@@ -30,6 +31,7 @@ class Gpu:
     links: int = 0
     fans: int = 0  # >0: fans read with nvmlDeviceGetFanSpeed_v2; -1: one, legacy getter
     reasons: tuple[tuple[int, str], ...] = CLOCK_REASONS
+    migs: int = 0  # MIG device indices to look at (MIG mode on), else 0
     plan: Plan | None = None
     probed_at: float = -float("inf")
     lost: bool = False
@@ -98,7 +100,9 @@ class Gpu:
             )
         fans = c("nvmlDeviceGetNumFans", h)
         links = _count_links(nvml, h)
+        migs = mig_count(nvml, h, mig)
         self.info, self.static, self.reasons, self.links = info, static, reasons, links
+        self.migs = migs
         self.fans = fans if isinstance(fans, int) and fans > 0 else -1
 
 

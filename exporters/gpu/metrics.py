@@ -36,7 +36,24 @@ MEM_UTIL = MetricSpec(
     "Fraction of the last sample period during which device memory was being read or written",
     GPU,
 )
-MEM_USED = MetricSpec("dcwatch_gpu_memory_used_bytes", "Framebuffer memory in use", GPU)
+MEM_USED = MetricSpec(
+    "dcwatch_gpu_memory_used_bytes",
+    "Framebuffer memory in use by allocations (reserved memory not counted, as nvidia-smi)",
+    GPU,
+)
+MEM_RESERVED = MetricSpec(
+    "dcwatch_gpu_memory_reserved_bytes", "Framebuffer memory the driver reserves for itself", GPU
+)
+ENC_UTIL = MetricSpec(
+    "dcwatch_gpu_encoder_utilization_ratio",
+    "Fraction of the last sample period during which the video encoder was busy",
+    GPU,
+)
+DEC_UTIL = MetricSpec(
+    "dcwatch_gpu_decoder_utilization_ratio",
+    "Fraction of the last sample period during which the video decoder was busy",
+    GPU,
+)
 MEM_FREE = MetricSpec("dcwatch_gpu_memory_free_bytes", "Framebuffer memory free", GPU)
 MEM_TOTAL = MetricSpec("dcwatch_gpu_memory_total_bytes", "Framebuffer memory installed", GPU)
 TEMP = MetricSpec("dcwatch_gpu_temperature_celsius", "GPU core temperature", GPU)
@@ -63,11 +80,21 @@ CLOCK_REASON = MetricSpec(
     "1 if this reason is holding the clocks down now (clocks event / throttle reason)",
     (*GPU, "reason"),
 )
+CLOCK_EVENT_TIME = MetricSpec(
+    "dcwatch_gpu_clocks_event_seconds_total",
+    "Time the clocks were held below the requested clocks, by reason (NVML violation counters: "
+    "power, thermal, sync_boost, board_limit, low_utilization, reliability, total_app_clocks, "
+    "total_base_clocks)",
+    (*GPU, "reason"),
+    kind="counter",
+)
 PSTATE = MetricSpec(
     "dcwatch_gpu_performance_state", "Performance state (0 = P0, fastest, .. 15 = P15)", GPU
 )
 FAN = MetricSpec(
-    "dcwatch_gpu_fan_speed_ratio", "Fan speed as a fraction of its maximum", (*GPU, "fan")
+    "dcwatch_gpu_fan_speed_ratio",
+    "Fan speed as a fraction of the fan's intended speed (NVML's percent / 100; may exceed 1)",
+    (*GPU, "fan"),
 )
 PCIE_GEN = MetricSpec("dcwatch_gpu_pcie_link_generation", "Current PCIe link generation", GPU)
 PCIE_GEN_MAX = MetricSpec(
@@ -79,7 +106,8 @@ PCIE_WIDTH_MAX = MetricSpec(
 )
 PCIE_THROUGHPUT = MetricSpec(
     "dcwatch_gpu_pcie_throughput_bytes_per_second",
-    "PCIe throughput over a 20 ms sample (direction: tx from the GPU, rx to the GPU)",
+    "PCIe throughput over a 20 ms sample (direction: tx from the GPU, rx to the GPU; NVML's "
+    "KB/s taken as 1024 bytes/s)",
     (*GPU, "direction"),
 )
 PCIE_REPLAY = MetricSpec(
@@ -135,13 +163,34 @@ PROC_MEM = MetricSpec(
     "GPU memory used by a compute process (only with gpu.processes)",
     (*GPU, "pid", "process"),
 )
+# MIG: one MIG device per (gpu_instance, compute_instance) of a GPU in MIG mode. Only what NVML
+# answers per instance; utilisation, clocks, power and the like exist for the whole GPU only.
+MIG = (*GPU, "gpu_instance", "compute_instance")
+MIG_INFO = MetricSpec(
+    "dcwatch_gpu_mig_info",
+    "MIG device identity (always 1; profile e.g. 1g.10gb)",
+    (*MIG, "profile", "mig_uuid"),
+)
+MIG_MEM_USED = MetricSpec(
+    "dcwatch_gpu_mig_memory_used_bytes", "Memory in use in the MIG device's GPU instance", MIG
+)
+MIG_MEM_TOTAL = MetricSpec(
+    "dcwatch_gpu_mig_memory_total_bytes", "Memory of the MIG device's GPU instance", MIG
+)
+MIG_PROC_MEM = MetricSpec(
+    "dcwatch_gpu_mig_process_memory_used_bytes",
+    "GPU memory used by a compute process in a MIG device (only with gpu.processes)",
+    (*MIG, "pid", "process"),
+)
 
 METRICS = (
-    UP, INFO, UTIL, MEM_UTIL, MEM_USED, MEM_FREE, MEM_TOTAL, TEMP, MEM_TEMP, POWER,
-    POWER_LIMIT, POWER_DEFAULT_LIMIT, ENERGY, CLOCK, CLOCK_MAX, CLOCK_REASON, PSTATE, FAN,
+    UP, INFO, UTIL, MEM_UTIL, ENC_UTIL, DEC_UTIL, MEM_USED, MEM_FREE, MEM_RESERVED, MEM_TOTAL,
+    TEMP, MEM_TEMP, POWER, POWER_LIMIT, POWER_DEFAULT_LIMIT, ENERGY, CLOCK, CLOCK_MAX,
+    CLOCK_REASON, CLOCK_EVENT_TIME, PSTATE, FAN,
     PCIE_GEN, PCIE_GEN_MAX, PCIE_WIDTH, PCIE_WIDTH_MAX, PCIE_THROUGHPUT, PCIE_REPLAY,
     NVLINK_UP, NVLINK_ERRORS, ECC, RETIRED, RETIRED_PENDING, REMAPPED, REMAPPED_PENDING,
-    REMAPPED_FAILURE, XID, XID_WATCHING, PROC_MEM,
+    REMAPPED_FAILURE, XID, XID_WATCHING, PROC_MEM, MIG_INFO, MIG_MEM_USED, MIG_MEM_TOTAL,
+    MIG_PROC_MEM,
 )  # fmt: skip
 
 # Clocks event (formerly throttle) reasons: bit -> label. Bits are nvml.h's and never change.
@@ -157,3 +206,15 @@ CLOCK_REASONS: tuple[tuple[int, str], ...] = (
     (0x100, "display_clock_setting"),
 )
 EXTRA_CLOCK_REASONS = ((0x200, "board_limit"), (0x400, "reliability"))  # only if supported
+
+# nvmlPerfPolicyType_t -> reason label of CLOCK_EVENT_TIME (nvmlDeviceGetViolationStatus)
+VIOLATION_POLICIES: tuple[tuple[int, str], ...] = (
+    (0, "power"),
+    (1, "thermal"),
+    (2, "sync_boost"),
+    (3, "board_limit"),
+    (4, "low_utilization"),
+    (5, "reliability"),
+    (10, "total_app_clocks"),
+    (11, "total_base_clocks"),
+)

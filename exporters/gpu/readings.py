@@ -13,12 +13,16 @@ from typing import Any
 
 from dcwatch.exporters.gpu.metrics import (
     CLOCK,
+    CLOCK_EVENT_TIME,
     CLOCK_MAX,
     CLOCK_REASON,
+    DEC_UTIL,
     ECC,
+    ENC_UTIL,
     ENERGY,
     FAN,
     MEM_FREE,
+    MEM_RESERVED,
     MEM_TEMP,
     MEM_TOTAL,
     MEM_USED,
@@ -43,6 +47,7 @@ from dcwatch.exporters.gpu.metrics import (
     RETIRED_PENDING,
     TEMP,
     UTIL,
+    VIOLATION_POLICIES,
     Labels,
 )
 from dcwatch.exporters.gpu.plan import NOT_AVAILABLE, Call, Field, Reading, Source
@@ -64,7 +69,13 @@ def _mega(v: Any) -> int:
 
 
 def _kib(v: Any) -> int:
+    # nvml.h says "KB/s" and no more; nvidia-smi prints the same number as "KB/s". Taken as
+    # KiB, which this code has not verified on hardware (the difference is 2.4 %).
     return int(v) * 1024
+
+
+def _nano(v: Any) -> float:
+    return int(v) / 1e9
 
 
 def _pstate(v: Any) -> int | None:
@@ -86,7 +97,7 @@ def _reasons(reasons: tuple[tuple[int, str], ...]) -> Expand:
     return expand
 
 
-def _processes(procfs: Path) -> Expand:
+def process_memory(procfs: Path) -> Expand:
     """Compute processes -> memory used per pid, named by ``<procfs>/<pid>/comm``."""
 
     def expand(procs: Sequence[Any]) -> list[tuple[Labels, float]]:
@@ -110,6 +121,11 @@ def _comm(procfs: Path, pid: int) -> str:
 
 
 _MEM = "nvmlDeviceGetMemoryInfo"
+# nvmlMemory_v2 first: v1's ``used`` counts the memory the driver reserves (hundreds of MiB on
+# an H100), which nvidia-smi and dcgm-exporter report apart. v1 only where v2 is missing.
+_MEM_V2 = (nv.MEMORY_V2,)
+_VIOLATION = "nvmlDeviceGetViolationStatus"
+_TEMP = (nv.TEMPERATURE_GPU,)
 _MAX_CLOCK = "nvmlDeviceGetMaxClockInfo"
 
 STATIC = (
@@ -134,9 +150,18 @@ _VOL, _AGG = nv.VOLATILE_ECC, nv.AGGREGATE_ECC
 _USAGE = (
     Reading(UTIL, (), (Call(_UTIL, pick=attrgetter("gpu")),), _percent),
     Reading(MEM_UTIL, (), (Call(_UTIL, pick=attrgetter("memory")),), _percent),
-    Reading(MEM_USED, (), (Call(_MEM, pick=attrgetter("used")),)),
-    Reading(MEM_FREE, (), (Call(_MEM, pick=attrgetter("free")),)),
-    Reading(TEMP, (), (Call("nvmlDeviceGetTemperature", (nv.TEMPERATURE_GPU,)),)),
+    Reading(ENC_UTIL, (), (Call("nvmlDeviceGetEncoderUtilization", pick=itemgetter(0)),),
+            _percent),
+    Reading(DEC_UTIL, (), (Call("nvmlDeviceGetDecoderUtilization", pick=itemgetter(0)),),
+            _percent),
+    Reading(MEM_USED, (), (Call(_MEM, _MEM_V2, pick=attrgetter("used")),
+                           Call(_MEM, pick=attrgetter("used")))),
+    Reading(MEM_FREE, (), (Call(_MEM, _MEM_V2, pick=attrgetter("free")),
+                           Call(_MEM, pick=attrgetter("free")))),
+    Reading(MEM_RESERVED, (), (Call(_MEM, _MEM_V2, pick=attrgetter("reserved")),)),
+    # nvmlDeviceGetTemperature is to go in CUDA 14 (pynvml says); the V getter first
+    Reading(TEMP, (), (Call("nvmlDeviceGetTemperatureV", _TEMP),
+                       Call("nvmlDeviceGetTemperature", _TEMP))),
     Reading(MEM_TEMP, (), (Field(nv.FI_DEV_MEMORY_TEMP),)),
     Reading(POWER, (), (Call("nvmlDeviceGetPowerUsage"),), _milli),
     Reading(POWER_LIMIT, (), (Call("nvmlDeviceGetEnforcedPowerLimit"),), _milli),
@@ -144,6 +169,11 @@ _USAGE = (
                          Call("nvmlDeviceGetTotalEnergyConsumption")), _milli),
     Reading(CLOCK, ("sm",), (Call(_CLOCK, (nv.CLOCK_SM,)),), _mega),
     Reading(CLOCK, ("memory",), (Call(_CLOCK, (nv.CLOCK_MEM,)),), _mega),
+)  # fmt: skip
+_CLOCK_EVENT_TIME = tuple(
+    Reading(CLOCK_EVENT_TIME, (reason,),
+            (Call(_VIOLATION, (policy,), pick=attrgetter("violationTime")),), _nano)
+    for policy, reason in VIOLATION_POLICIES
 )  # fmt: skip
 _PSTATE_AND_PCIE = (
     Reading(PSTATE, (), (Call("nvmlDeviceGetPerformanceState"),), _pstate),
@@ -181,7 +211,7 @@ _MEMORY_ERRORS = (
     Reading(REMAPPED_FAILURE, (),
             (Field(nv.FI_DEV_REMAPPED_FAILURE), Call(_ROWS, pick=itemgetter(3)))),
 )  # fmt: skip
-_NVLINK_ERRORS = (  # type label, the per-link DL field (if any), the getter's counter
+_NVLINK_ERRORS = (  # type label, the DL field (scopeId = link) if any, the getter's counter
     ("replay", nv.FI_DEV_NVLINK_ERROR_DL_REPLAY, nv.NVLINK_ERROR_DL_REPLAY),
     ("recovery", nv.FI_DEV_NVLINK_ERROR_DL_RECOVERY, nv.NVLINK_ERROR_DL_RECOVERY),
     ("crc_flit", nv.FI_DEV_NVLINK_ERROR_DL_CRC, nv.NVLINK_ERROR_DL_CRC_FLIT),
@@ -208,6 +238,7 @@ def readings(
             ),
             expand=_reasons(reasons),
         ),
+        *_CLOCK_EVENT_TIME,
         *_PSTATE_AND_PCIE,
         *_MEMORY_ERRORS,
     ]
@@ -224,12 +255,7 @@ def readings(
         up = (Field(nv.FI_DEV_NVLINK_GET_STATE, link), Call("nvmlDeviceGetNvLinkState", (link,)))
         r.append(Reading(NVLINK_UP, (ln,), up, _link_up))
         for kind, dl_field, counter in _NVLINK_ERRORS:
-            srcs = ()
-            legacy = nv.legacy_nvlink_field(kind, link)
-            if legacy is not None:
-                srcs += (Field(legacy),)
-            if dl_field is not None:
-                srcs += (Field(dl_field, link),)
+            srcs = () if dl_field is None else (Field(dl_field, link),)
             srcs += (Call("nvmlDeviceGetNvLinkErrorCounter", (link, counter)),)
             r.append(Reading(NVLINK_ERRORS, (ln, kind), srcs))
     if procfs is not None:
@@ -237,5 +263,5 @@ def readings(
             Call("nvmlDeviceGetComputeRunningProcesses"),
             Call("nvmlDeviceGetComputeRunningProcesses_v2"),
         )
-        r.append(Reading(PROC_MEM, (), running, expand=_processes(procfs)))
+        r.append(Reading(PROC_MEM, (), running, expand=process_memory(procfs)))
     return r

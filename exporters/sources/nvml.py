@@ -5,8 +5,9 @@ Every call goes through :meth:`Nvml.call`, which turns NVML's errors into what a
 * **absent**: ``NOT_SUPPORTED``, ``NO_PERMISSION``, ``FUNCTION_NOT_FOUND``, a function this
   pynvml does not have, or pynvml's ``NVMLLibraryMismatchError`` (an unversioned function the
   driver lacks) → ``None``. Not an error; logged once per function at debug.
-* **lost**: ``GPU_IS_LOST`` → :class:`GpuLostError`. The GPU fell off the bus; the caller marks
-  it down and keeps going with the other GPUs.
+* **lost**: ``GPU_IS_LOST`` or ``RESET_REQUIRED`` → :class:`GpuLostError`. The GPU fell off the
+  bus or needs a reset before it answers again; the caller marks it down and keeps going with
+  the other GPUs.
 * anything else → ``None`` too, but counted in :attr:`Nvml.errors` and logged once per
   (function, code) at warning.
 
@@ -44,12 +45,14 @@ ERROR_TIMEOUT: Final = 10
 ERROR_LIBRARY_NOT_FOUND: Final = 12
 ERROR_FUNCTION_NOT_FOUND: Final = 13
 ERROR_GPU_IS_LOST: Final = 15
+ERROR_RESET_REQUIRED: Final = 16
 
 TEMPERATURE_GPU: Final = 0
 CLOCK_SM: Final = 1
 CLOCK_MEM: Final = 2
 PCIE_UTIL_TX_BYTES: Final = 0
 PCIE_UTIL_RX_BYTES: Final = 1
+MEMORY_V2: Final = 0x02000028  # nvmlMemory_v2: nvmlDeviceGetMemoryInfo_v2's struct version
 MEMORY_ERROR_TYPE_CORRECTED: Final = 0
 MEMORY_ERROR_TYPE_UNCORRECTED: Final = 1
 VOLATILE_ECC: Final = 0
@@ -62,6 +65,15 @@ NVLINK_ERROR_DL_RECOVERY: Final = 1
 NVLINK_ERROR_DL_CRC_FLIT: Final = 2
 NVLINK_ERROR_DL_CRC_DATA: Final = 3
 DEVICE_MIG_ENABLE: Final = 1
+# nvmlPerfPolicyType_t: nvmlDeviceGetViolationStatus's clocks-event (throttle) time counters
+PERF_POLICY_POWER: Final = 0
+PERF_POLICY_THERMAL: Final = 1
+PERF_POLICY_SYNC_BOOST: Final = 2
+PERF_POLICY_BOARD_LIMIT: Final = 3
+PERF_POLICY_LOW_UTILIZATION: Final = 4
+PERF_POLICY_RELIABILITY: Final = 5
+PERF_POLICY_TOTAL_APP_CLOCKS: Final = 10
+PERF_POLICY_TOTAL_BASE_CLOCKS: Final = 11
 EVENT_TYPE_XID_CRITICAL_ERROR: Final = 0x8
 
 FI_DEV_ECC_SBE_VOL_TOTAL: Final = 3
@@ -83,24 +95,10 @@ FI_DEV_NVLINK_ERROR_DL_REPLAY: Final = 161  # scopeId = link
 FI_DEV_NVLINK_ERROR_DL_RECOVERY: Final = 162  # scopeId = link
 FI_DEV_NVLINK_ERROR_DL_CRC: Final = 163  # scopeId = link (flit CRC)
 FI_DEV_NVLINK_GET_STATE: Final = 165  # scopeId = link
-
-# The older per-link NVLink error fields, one id per link for links 0..11, in two id ranges
-# (links 0..5, then 6..11): NVML_FI_DEV_NVLINK_<KIND>_ERROR_COUNT_L<n>.
-_LEGACY_NVLINK_FIELDS: Final = {
-    "crc_flit": (32, 96),
-    "crc_data": (39, 102),
-    "replay": (46, 108),
-    "recovery": (53, 114),
-}
-LEGACY_NVLINK_FIELD_LINKS: Final = 12
-
-
-def legacy_nvlink_field(kind: str, link: int) -> int | None:
-    """The per-link field id for ``kind`` (replay, recovery, crc_flit, crc_data) and ``link``."""
-    if not 0 <= link < LEGACY_NVLINK_FIELD_LINKS:
-        return None
-    lo, hi = _LEGACY_NVLINK_FIELDS[kind]
-    return lo + link if link < 6 else hi + link - 6
+# Not read: the older NVML_FI_DEV_NVLINK_<KIND>_ERROR_COUNT_L<n> fields (ids 32-58, 96-119).
+# nvml.h (CUDA 12.9+) documents <n> as a *lane* and wants the link in scopeId, so reading the
+# id for "link n" with scope 0 gives link 0's lane n (or nothing). The DL fields above and
+# nvmlDeviceGetNvLinkErrorCounter(link, counter), as DCGM uses, are per link.
 
 
 # valueType of nvmlFieldValue_t -> member of the nvmlValue_t union
@@ -118,6 +116,8 @@ ABSENT: Final = frozenset({ERROR_NOT_SUPPORTED, ERROR_NO_PERMISSION, ERROR_FUNCT
 # per-field codes that mean "this device has no such field (or no such scope, e.g. link)"
 FIELD_ABSENT: Final = ABSENT | {ERROR_INVALID_ARGUMENT, ERROR_NOT_FOUND}
 UNAVAILABLE: Final = frozenset({ERROR_LIBRARY_NOT_FOUND, ERROR_DRIVER_NOT_LOADED})
+# the GPU does not answer until it is back on the bus or reset: treated alike
+LOST: Final = frozenset({ERROR_GPU_IS_LOST, ERROR_RESET_REQUIRED})
 
 _CODE_NAMES: Final = {
     ERROR_UNINITIALIZED: "Uninitialized",
@@ -130,14 +130,14 @@ _CODE_NAMES: Final = {
     ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
     ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
     ERROR_GPU_IS_LOST: "GPU is lost",
-    16: "GPU requires reset",
+    ERROR_RESET_REQUIRED: "GPU requires reset",
     18: "NVML/RM version mismatch",
     999: "Unknown Error",
 }
 
 
 class _Any:
-    """``expect=ANY``: hand every error code (except GPU_IS_LOST) back to the caller."""
+    """``expect=ANY``: hand every error code (except the LOST ones) back to the caller."""
 
     def __contains__(self, code: object) -> bool:
         return True
@@ -164,11 +164,12 @@ class NvmlInitError(Exception):
 
 
 class GpuLostError(Exception):
-    """NVML_ERROR_GPU_IS_LOST: the GPU fell off the bus (or needs a reset)."""
+    """NVML_ERROR_GPU_IS_LOST or RESET_REQUIRED: the GPU fell off the bus, or needs a reset."""
 
-    def __init__(self, fn: str) -> None:
-        super().__init__(f"{fn}: GPU is lost")
+    def __init__(self, fn: str, code: int = ERROR_GPU_IS_LOST) -> None:
+        super().__init__(f"{fn}: {describe(code)}")
         self.fn = fn
+        self.code = code
 
 
 class NvmlCallError(Exception):
@@ -334,8 +335,8 @@ class Nvml:
             code = _code(e) if isinstance(e, lib.NVMLError) else None
             if code is None and type(e).__name__ == "NVMLLibraryMismatchError":
                 code = ERROR_FUNCTION_NOT_FOUND  # unversioned function missing from the driver
-            if code == ERROR_GPU_IS_LOST:
-                raise GpuLostError(fn) from None
+            if code in LOST:
+                raise GpuLostError(fn, code) from None
             if code is not None and code in expect:
                 raise NvmlCallError(fn, code) from None
             if code in ABSENT:
@@ -353,7 +354,7 @@ class Nvml:
         """One batched ``nvmlDeviceGetFieldValues`` for ``(field id, scope id)`` pairs.
 
         Returns a :class:`FieldValue` per id, in order (``None`` if the whole call failed).
-        A field whose return code is GPU_IS_LOST raises :class:`GpuLostError`.
+        A field whose return code is GPU_IS_LOST or RESET_REQUIRED raises :class:`GpuLostError`.
         """
         if not ids:
             return []
@@ -375,8 +376,8 @@ class Nvml:
                     )
                 out.append(FieldValue(code, value))
                 continue
-            if code == ERROR_GPU_IS_LOST:
-                raise GpuLostError(f"nvmlDeviceGetFieldValues[{fid}]")
+            if code in LOST:
+                raise GpuLostError(f"nvmlDeviceGetFieldValues[{fid}]", code)
             if code in FIELD_ABSENT:
                 self._absent(("field", fid), describe(code), f"field {fid}")
             else:

@@ -82,6 +82,6 @@ def test_a_bad_option_value_names_the_key(demo: type[Collector], tmp_path: Path)
 
 
 def test_collectors_come_out_in_their_declared_order() -> None:
-    assert registry.names() == ["gpu", "power", "thermal", "network", "self"]
+    assert registry.names() == ["gpu", "workload", "power", "thermal", "network", "self"]
     c = load_agent_config(["--collectors", "self,network,gpu"], env={})
     assert c.collectors == ("gpu", "network", "self")

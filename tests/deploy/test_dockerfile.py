@@ -34,7 +34,7 @@ def test_base_entrypoint_and_install() -> None:
     assert "dcwatch" in pyproject["project"]["scripts"]
     run = " ".join(c.value[0] for c in commands() if c.cmd == "RUN")
     # one image for both commands: the analyzer's extra is installed; pynvml is a base dependency
-    assert "pip install '.[analyzer]'" in run
+    assert "pip install '.[analyzer,kubernetes]'" in run  # kubernetes: pod attribution
     assert "analyzer" in pyproject["project"]["optional-dependencies"]
     assert any(d.startswith("nvidia-ml-py") for d in pyproject["project"]["dependencies"])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from dcwatch.detectors.config import load_analyzer_config
+from dcwatch.exporters.workload import WorkloadOptions
 from tests.deploy.metric_names import RULES_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,8 +153,20 @@ def test_agent_daemonset_policy() -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert host == {"sys": "/sys", "proc": "/proc"}
+    pod_resources = "/var/lib/kubelet/pod-resources"
+    assert host == {"sys": "/sys", "proc": "/proc", "pod-resources": pod_resources}
     assert all(m["readOnly"] for m in c["volumeMounts"])
+    # The kubelet's socket where the workload collector looks by default.
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["pod-resources"] == pod_resources
+    assert str(WorkloadOptions().pod_resources_socket).startswith(pod_resources + "/")
+    # GPU nodes only, by GPU feature discovery's label.
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}
+    ]
     assert any(
         t.get("effect") == "NoSchedule" and t["operator"] == "Exists" for t in pod["tolerations"]
     )
@@ -226,3 +240,86 @@ def test_kubectl_kustomize_renders(tmp_path: Path) -> None:
             assert crd_errors(d) == []
         else:
             kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+
+
+def render(tmp_path: Path, kustomization: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of an overlay in ``tmp_path``; ``$BASE`` is deploy/kubernetes."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl missing (Debian kubernetes-client): rendering not checked")
+    base = os.path.relpath(K8S, tmp_path)  # kustomize refuses absolute paths
+    (tmp_path / "kustomization.yaml").write_text(kustomization.replace("$BASE", base))
+    p = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+    for d in docs:
+        if d["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert crd_errors(d) == []
+        else:
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+    return docs
+
+
+def agent_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (ds,) = by_kind("DaemonSet", docs)
+    return ds["spec"]["template"]["spec"]
+
+
+def test_components_render_and_do_what_they_say(tmp_path: Path) -> None:
+    components = sorted(p.name for p in (K8S / "components").iterdir())
+    assert components == ["kube-prometheus-stack", "non-gpu-nodes", "pod-attribution-as-root"]
+    docs = render(
+        tmp_path,
+        "resources: [$BASE]\ncomponents:\n"
+        + "".join(f"  - $BASE/components/{c}\n" for c in components),
+    )
+    pod = agent_pod(docs)
+    # non-gpu-nodes: every node, no NVIDIA runtime class
+    assert "runtimeClassName" not in pod and "affinity" not in pod
+    # kube-prometheus-stack: its Prometheus selects by `release`
+    for d in by_kind("ServiceMonitor", docs) + by_kind("PrometheusRule", docs):
+        assert d["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # pod-attribution-as-root: uid 0 for the root-only socket, nothing else loosened
+    assert pod["securityContext"]["runAsUser"] == 0
+    assert pod["securityContext"]["runAsNonRoot"] is False
+    (c,) = pod["containers"]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    # the base is untouched by the components' existence
+    base = agent_pod(documents())
+    assert base["runtimeClassName"] == "nvidia" and base["securityContext"]["runAsUser"] == 10001
+    assert "release" not in by_kind("ServiceMonitor")[0]["metadata"]["labels"]
+
+
+REQUIRED = (
+    "/spec/template/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution"
+)
+
+
+def test_overlay_can_choose_the_gpu_node_label_and_release(tmp_path: Path) -> None:
+    """What README documents: another node label, another kube-prometheus-stack release."""
+    docs = render(
+        tmp_path,
+        """resources: [$BASE]
+patches:
+  - target: {kind: DaemonSet, name: dcwatch-agent}
+    patch: |-
+      - op: replace
+        path: $REQUIRED/nodeSelectorTerms/0/matchExpressions/0
+        value: {key: accelerator, operator: In, values: [nvidia]}
+  - target: {group: monitoring.coreos.com, kind: ServiceMonitor}
+    patch: |-
+      - op: add
+        path: /metadata/labels/release
+        value: monitoring
+""".replace("$REQUIRED", REQUIRED),
+    )
+    terms = agent_pod(docs)["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["key"] == "accelerator"
+    assert {d["metadata"]["labels"]["release"] for d in by_kind("ServiceMonitor", docs)} == {
+        "monitoring"
+    }

@@ -89,7 +89,8 @@ def test_recording_rule_names_follow_level_metric_operation() -> None:
         for r in g["rules"]:
             if "record" in r:
                 assert re.fullmatch(
-                    r"(instance|rack|fleet):dcwatch_[a-z0-9_]+:[a-z0-9_]+", r["record"]
+                    r"(instance|rack|fleet|gpu|pod|hpc_job):dcwatch_[a-z0-9_]+:[a-z0-9_]+",
+                    r["record"],
                 )
 
 

@@ -43,6 +43,8 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_METRICS = (FIXTURES / "fake-nvml" / "metrics.golden.txt").read_text()
+# Attribution of the same fake GPUs (a pod, a Slurm job): the "by namespace / pod / job" panels.
+GPU_METRICS += (FIXTURES / "fake-nvml" / "workload.golden.txt").read_text()
 
 # (dashboard uid, panel title): why it is empty in this setup.
 NO_DATA = {

@@ -63,7 +63,7 @@ def make(tmp_path: Path) -> Iterator[Callable[..., GpuCollector]]:
         cfg = AgentConfig(
             procfs=procfs or tmp_path / "proc",
             collectors=("gpu",),
-            options={"gpu": GpuOptions(processes=processes, xid_events=xid_events)},
+            options={"gpu": GpuOptions(processes=processes, xid_events=xid_events, kmsg_path="")},
         )
         c = GpuCollector(cfg, CollectorDeps(nvml=nvml))
         c._clock = Clock()
@@ -124,8 +124,12 @@ def test_values_and_units_gpu0(fake: FakeNvml, make: Callable[..., GpuCollector]
     assert s("dcwatch_gpu_utilization_ratio") == 0.87  # % -> ratio
     assert s("dcwatch_gpu_memory_utilization_ratio") == 0.45
     assert s("dcwatch_gpu_memory_total_bytes") == 81559 * 2**20
+    # nvmlMemory_v2: used without the reserved memory, which is exported apart
     assert s("dcwatch_gpu_memory_used_bytes") == 40960 * 2**20
-    assert s("dcwatch_gpu_memory_free_bytes") == (81559 - 40960) * 2**20
+    assert s("dcwatch_gpu_memory_reserved_bytes") == 543 * 2**20
+    assert s("dcwatch_gpu_memory_free_bytes") == (81559 - 40960 - 543) * 2**20
+    assert s("dcwatch_gpu_decoder_utilization_ratio") == 0.04
+    assert s("dcwatch_gpu_encoder_utilization_ratio") is None  # no encoder: absent, not 0
     assert s("dcwatch_gpu_temperature_celsius") == 54
     assert s("dcwatch_gpu_memory_temperature_celsius") == 63  # field, uiVal
     assert s("dcwatch_gpu_power_usage_watts") == 612.345  # mW -> W
@@ -139,6 +143,13 @@ def test_values_and_units_gpu0(fake: FakeNvml, make: Callable[..., GpuCollector]
     assert s("dcwatch_gpu_clocks_event_reason_active", reason="sw_power_cap") == 1
     assert s("dcwatch_gpu_clocks_event_reason_active", reason="gpu_idle") == 0
     assert s("dcwatch_gpu_clocks_event_reason_active", reason="hw_thermal_slowdown") == 0
+    # violation counters, ns -> s
+    event = "dcwatch_gpu_clocks_event_seconds_total"
+    assert s(event, reason="power") == 12.5
+    assert s(event, reason="thermal") == 0.25
+    assert s(event, reason="low_utilization") == 3600.0
+    assert s(event, reason="sync_boost") == 0
+    assert s(event, reason="total_app_clocks") == 12.75
     assert s("dcwatch_gpu_performance_state") == 0
     assert s("dcwatch_gpu_fan_speed_ratio", fan="0") == 0.30
     assert s("dcwatch_gpu_fan_speed_ratio", fan="1") == 0.32
@@ -160,8 +171,9 @@ def test_values_and_units_gpu0(fake: FakeNvml, make: Callable[..., GpuCollector]
     assert s("dcwatch_gpu_remapped_rows", type="uncorrectable") == 1
     assert s("dcwatch_gpu_remapped_rows_pending") == 0
     assert s("dcwatch_gpu_remapped_rows_failure") == 0
-    # NVLink: 18 links; 17 is down. Links 0..11 from the per-link fields, 12..17 from the
-    # link-scoped fields; crc_data of 12..17 has no field and comes from the getter.
+    # NVLink: 18 links; 17 is down. Per link from the link-scoped DL fields (the old ids
+    # 32..119 are lanes, and the fake answers them as nvml.h documents); crc_data has no
+    # field and comes from nvmlDeviceGetNvLinkErrorCounter.
     for link in range(18):
         assert s("dcwatch_gpu_nvlink_up", link=str(link)) == (0 if link == 17 else 1)
         assert s("dcwatch_gpu_nvlink_errors_total", link=str(link), type="replay") == link
@@ -199,6 +211,10 @@ def test_values_and_units_gpu1(fake: FakeNvml, make: Callable[..., GpuCollector]
     assert s("dcwatch_gpu_retired_pages", cause="double_bit") == 1
     assert s("dcwatch_gpu_retired_pages_pending") == 0
     assert s("dcwatch_gpu_ecc_errors_total", type="corrected", scope="aggregate") == 3
+    assert s("dcwatch_gpu_encoder_utilization_ratio") == 0.25
+    assert s("dcwatch_gpu_decoder_utilization_ratio") == 0.10
+    assert s("dcwatch_gpu_clocks_event_seconds_total", reason="thermal") == 1.5
+    assert s("dcwatch_gpu_clocks_event_seconds_total", reason="board_limit") is None
     # no supported-reasons mask: every standard reason is exported
     for bit, reason in CLOCK_REASONS:
         want = 1 if bit == fake_nvml.nvmlClocksEventReasonGpuIdle else 0
@@ -238,7 +254,7 @@ def test_scrape_is_cheap_static_once_one_field_call_per_gpu(
     fake.calls.clear()
     assert render(c) == first
     assert fake.calls["nvmlDeviceGetFieldValues"] == 2  # one batched call per GPU
-    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 2  # used and free from one call
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 2  # used, free, reserved from one call
     assert fake.calls["nvmlDeviceGetUtilizationRates"] == 2
     for static in (
         "nvmlInit",
@@ -258,8 +274,8 @@ def test_scrape_is_cheap_static_once_one_field_call_per_gpu(
         "nvmlDeviceGetNvLinkState",
     ):
         assert fake.calls[static] == 0, static
-    # GPU 0's NVLink crc_data for links 12..17 (no field) and GPU 1's energy (field unsupported)
-    assert fake.calls["nvmlDeviceGetNvLinkErrorCounter"] == 6
+    # GPU 0's NVLink crc_data per link (no field) and GPU 1's energy (field unsupported)
+    assert fake.calls["nvmlDeviceGetNvLinkErrorCounter"] == 18
     assert fake.calls["nvmlDeviceGetTotalEnergyConsumption"] == 1
     assert fake.init_calls == 1
 
@@ -288,6 +304,41 @@ def test_unexpected_error_omits_one_reading_and_counts(
     assert sample(t, "dcwatch_gpu_up", gpu="0") == 1
     assert sample(t, "dcwatch_gpu_temperature_celsius", gpu="0") == 54
     assert c.read_errors() == 1
+
+
+def test_memory_v1_where_v2_is_missing(fake: FakeNvml, make: Callable[..., GpuCollector]) -> None:
+    """An older driver: v1's used includes reserved, and reserved itself is absent."""
+    fake.gpus[0].memory_v2 = False
+    t = render(make(fake, xid_events=False))
+    assert sample(t, "dcwatch_gpu_memory_used_bytes", gpu="0") == (40960 + 543) * 2**20
+    assert sample(t, "dcwatch_gpu_memory_reserved_bytes", gpu="0") is None
+    assert sample(t, "dcwatch_gpu_memory_reserved_bytes", gpu="1") == 227 * 2**20
+
+
+@pytest.mark.parametrize(
+    "missing", ["nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureV"], ids=["cuda14", "old"]
+)
+def test_temperature_from_either_getter(missing: str, make: Callable[..., GpuCollector]) -> None:
+    """nvmlDeviceGetTemperature is to go in CUDA 14; an older pynvml lacks the V getter."""
+    t = render(make(FakeNvml(missing={missing}), xid_events=False))
+    assert sample(t, "dcwatch_gpu_temperature_celsius", gpu="0") == 54
+    assert sample(t, "dcwatch_gpu_temperature_celsius", gpu="1") == 41
+
+
+def test_reset_required_is_treated_as_lost(
+    fake: FakeNvml, make: Callable[..., GpuCollector]
+) -> None:
+    c = make(fake, xid_events=False)
+    render(c)
+    fake.lose_gpu(1, fake_nvml.NVML_ERROR_RESET_REQUIRED)
+    t = render(c)
+    assert sample(t, "dcwatch_gpu_up", gpu="1", uuid=U1) == 0
+    assert sample(t, "dcwatch_gpu_temperature_celsius", gpu="1") is None
+    assert sample(t, "dcwatch_gpu_up", gpu="0") == 1
+    assert c.read_errors() == 0  # not an error per reading: the GPU is down
+    fake.recover_gpu(1)
+    c._clock.t += 61  # type: ignore[attr-defined]
+    assert sample(render(c), "dcwatch_gpu_up", gpu="1") == 1
 
 
 def test_older_pynvml_names(make: Callable[..., GpuCollector]) -> None:
@@ -409,6 +460,76 @@ def test_xid_counts_survive_gpu_loss(fake: FakeNvml, make: Callable[..., GpuColl
     assert sample(t, "dcwatch_gpu_up", gpu="1") == 0
     assert sample(t, "dcwatch_gpu_xid_errors_total", gpu="1", uuid=U1, xid="79") == 1
     assert sample(t, "dcwatch_gpu_xid_watching", gpu="1") == 0
+
+
+def test_failed_wait_keeps_the_event_set_and_its_events(
+    fake: FakeNvml, make: Callable[..., GpuCollector]
+) -> None:
+    """A failed wait is retried on the same set: XIDs queued meanwhile are not lost."""
+    c = make(fake)
+    render(c)
+    wait_until(
+        lambda: fake.open_event_sets() == 1 and len(fake.event_sets[-1].devices) == 2,
+        timeout=5,
+        what="registration",
+    )
+    with fake._cond:  # both at once: the XID is queued when the waits fail
+        fake.fail_waits(fake_nvml.NVML_ERROR_UNKNOWN, fake_nvml.NVML_ERROR_UNKNOWN)
+        fake.inject_xid(0, 31)
+    wait_until(
+        lambda: sample(render(c), "dcwatch_gpu_xid_errors_total", gpu="0", xid="31") == 1,
+        timeout=5,
+        what="XID 31 after two failed waits",
+    )
+    assert c._thread is not None and c._thread.sets_created == 1
+    assert sample(render(c), "dcwatch_gpu_xid_watching", gpu="0") == 1
+
+
+def test_healthy_gpus_stay_watched_while_one_is_lost(
+    fake: FakeNvml, make: Callable[..., GpuCollector]
+) -> None:
+    c = make(fake)
+    render(c)
+    wait_until(
+        lambda: fake.open_event_sets() == 1 and len(fake.event_sets[-1].devices) == 2,
+        timeout=5,
+        what="registration",
+    )
+    with fake._cond:  # GPU 0's XID queued on the set as GPU 1 falls off the bus
+        fake.inject_xid(0, 13)
+        fake.lose_gpu(1)
+    # the set answers GPU_IS_LOST from now on: the watcher moves GPU 0 to a new set at once
+    wait_until(
+        lambda: fake.open_event_sets() == 1 and list(fake.event_sets[-1].devices) == [0],
+        timeout=5,
+        what="GPU 0 alone on a new set",
+    )
+    fake.inject_xid(0, 43)
+    wait_until(
+        lambda: sample(render(c), "dcwatch_gpu_xid_errors_total", gpu="0", xid="43") == 1,
+        timeout=5,
+        what="XID 43 while GPU 1 is lost",
+    )
+    t = render(c)
+    assert sample(t, "dcwatch_gpu_xid_errors_total", gpu="0", xid="13") == 1  # drained
+    assert sample(t, "dcwatch_gpu_xid_watching", gpu="0") == 1
+    assert sample(t, "dcwatch_gpu_xid_watching", gpu="1") == 0
+    # GPU 1 back: added to the running set, no new set
+    fake.recover_gpu(1)
+    c._clock.t += 61  # type: ignore[attr-defined]
+    render(c)
+    wait_until(
+        lambda: sorted(fake.event_sets[-1].devices) == [0, 1],
+        timeout=5,
+        what="GPU 1 registered again",
+    )
+    assert c._thread is not None and c._thread.sets_created == 2
+    fake.inject_xid(1, 48)
+    wait_until(
+        lambda: sample(render(c), "dcwatch_gpu_xid_errors_total", gpu="1", xid="48") == 1,
+        timeout=5,
+        what="XID 48 after recovery",
+    )
 
 
 def test_no_xid_thread_when_disabled(fake: FakeNvml, make: Callable[..., GpuCollector]) -> None:

@@ -42,7 +42,7 @@ def ready(fake: FakeNvml | None = None) -> tuple[Nvml, FakeNvml]:
 # ---- our constants and the fake match the real pynvml -----------------------------------------
 
 OUR_TO_PYNVML = {
-    **{k: "NVML_" + k for k in dir(nv) if k.startswith(("ERROR_", "FI_DEV_"))},
+    **{k: "NVML_" + k for k in dir(nv) if k.startswith(("ERROR_", "FI_DEV_", "PERF_POLICY_"))},
     **{
         k: "NVML_" + k
         for k in (
@@ -67,6 +67,7 @@ OUR_TO_PYNVML = {
         )
     },
     "EVENT_TYPE_XID_CRITICAL_ERROR": "nvmlEventTypeXidCriticalError",
+    "MEMORY_V2": "nvmlMemory_v2",
 }
 
 
@@ -77,7 +78,7 @@ def test_constants_match_pynvml(ours: str) -> None:
 
 
 @needs_pynvml
-def test_legacy_nvlink_field_ids_match_pynvml() -> None:
+def test_fake_lane_field_ids_match_pynvml() -> None:
     names = {
         "replay": "REPLAY",
         "recovery": "RECOVERY",
@@ -85,11 +86,53 @@ def test_legacy_nvlink_field_ids_match_pynvml() -> None:
         "crc_data": "CRC_DATA",
     }
     for kind, name in names.items():
-        for link in range(12):
-            want = getattr(pynvml, f"NVML_FI_DEV_NVLINK_{name}_ERROR_COUNT_L{link}")
-            assert nv.legacy_nvlink_field(kind, link) == want
-            assert fake_nvml.legacy_nvlink_field(kind, link) == want
-        assert nv.legacy_nvlink_field(kind, 12) is None
+        for lane in range(12):
+            want = getattr(pynvml, f"NVML_FI_DEV_NVLINK_{name}_ERROR_COUNT_L{lane}")
+            assert fake_nvml.legacy_nvlink_field(kind, lane) == want
+
+
+def test_fake_follows_the_header_for_the_old_nvlink_fields() -> None:
+    """Ids 32..119 are lanes with the link in scopeId: 'link 5' read with scope 0 is not link 5."""
+    n, _ = ready()
+    h = FakeHandle(0)
+    replay_l5 = fake_nvml.legacy_nvlink_field("replay", 5)
+    lane0 = fake_nvml.legacy_nvlink_field("replay", 0)
+    got = n.field_values(h, [(replay_l5, 0), (lane0, 5), (nv.FI_DEV_NVLINK_ERROR_DL_REPLAY, 5)])
+    assert got is not None
+    assert got[0].value is None  # lane 5 of link 0: the fake's links have 4 lanes
+    assert got[1].value == fake_nvml.lane_count(5, 0)  # lane 0 of link 5: not the link's total
+    assert got[2].value == 5  # the DL field is the link's total
+    lanes = [fake_nvml.legacy_nvlink_field("replay", lane) for lane in range(fake_nvml.LANES)]
+    per_lane = n.field_values(h, [(fid, 5) for fid in lanes])
+    assert per_lane is not None and sum(fv.value or 0 for fv in per_lane) == 5
+
+
+def test_fake_memory_versions_follow_the_header() -> None:
+    n, fake = ready()
+    g = fake.gpus[0]
+    v1 = n.call("nvmlDeviceGetMemoryInfo", FakeHandle(0))
+    v2 = n.call("nvmlDeviceGetMemoryInfo", FakeHandle(0), nv.MEMORY_V2)
+    assert v1.used == g.memory_used + g.memory_reserved  # v1 counts reserved as used
+    assert (v2.used, v2.reserved) == (g.memory_used, g.memory_reserved)
+    assert v1.free == v2.free and v1.total == v2.total == v2.used + v2.reserved + v2.free
+    with pytest.raises(NvmlCallError) as e:
+        n.call("nvmlDeviceGetMemoryInfo", FakeHandle(0), 0x01000018, expect=nv.ANY)
+    assert e.value.code == fake_nvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+
+
+def test_reset_required_is_lost() -> None:
+    n, fake = ready()
+    fake.lose_gpu(0, fake_nvml.NVML_ERROR_RESET_REQUIRED)
+    with pytest.raises(GpuLostError) as e:
+        n.call("nvmlDeviceGetPowerUsage", FakeHandle(0))
+    assert e.value.code == nv.ERROR_RESET_REQUIRED
+    assert n.errors == 0
+
+
+@needs_pynvml
+def test_violation_policies_match_pynvml() -> None:
+    for policy, label in gpu_metrics.VIOLATION_POLICIES:
+        assert getattr(pynvml, "NVML_PERF_POLICY_" + label.upper()) == policy
 
 
 @needs_pynvml
@@ -127,7 +170,7 @@ def test_value_types_and_clock_reasons_match_pynvml() -> None:
 @needs_pynvml
 def test_fake_constants_errors_and_structs_match_pynvml() -> None:
     for name in dir(fake_nvml):
-        if name.startswith(("NVML_", "nvmlEventType", "nvmlClocks")):
+        if name.startswith(("NVML_", "nvmlEventType", "nvmlClocks", "nvmlMemory_v", "nvmlTemp")):
             assert getattr(fake_nvml, name) == getattr(pynvml, name), name
         if name.startswith("NVMLError_"):
             ours = getattr(fake_nvml, name)
@@ -137,6 +180,8 @@ def test_fake_constants_errors_and_structs_match_pynvml() -> None:
         "c_nvmlFieldValue_t",
         "c_nvmlValue_t",
         "c_nvmlMemory_t",
+        "c_nvmlMemory_v2_t",
+        "c_nvmlViolationTime_t",
         "c_nvmlUtilization_t",
         "nvmlPciInfo_t",
     ):

@@ -522,19 +522,6 @@ def test_decode_field_is_none_or_a_finite_value_of_its_member(vtype: int, bits: 
         assert isinstance(v, int) and lo <= v <= hi and v == getattr(fv.value, member)
 
 
-NVLINK_KINDS = ("crc_flit", "crc_data", "replay", "recovery")
-
-
-@FAST
-@given(st.sampled_from(NVLINK_KINDS), any_int)
-def test_legacy_nvlink_field_ids_are_distinct_per_link(kind: str, link: int) -> None:
-    fid = nvml.legacy_nvlink_field(kind, link)
-    assert (fid is None) == (not 0 <= link < nvml.LEGACY_NVLINK_FIELD_LINKS)
-    others = {nvml.legacy_nvlink_field(k, n) for k in NVLINK_KINDS
-              for n in range(nvml.LEGACY_NVLINK_FIELD_LINKS) if (k, n) != (kind, link)}  # fmt: skip
-    assert fid is None or fid not in others
-
-
 @FAST
 @given(st.one_of(st.none(), st.text(), st.binary()), st.one_of(st.none(), any_int))
 def test_nvml_text_and_describe_never_raise(value: str | bytes | None, code: int | None) -> None:

@@ -6,6 +6,14 @@ the way pynvml makes them) and the ctypes layouts of the structs it returns
 NVML as an object with these attribute names, so tests pass a :class:`FakeNvml` instance; the
 real pynvml is never touched.
 
+Where the collector and NVML could disagree, the fake follows nvml.h (CUDA 12.9+), not the
+collector: the old per-link NVLink error fields (ids 32..119) count a *lane* and take the link
+in scopeId; ``nvmlDeviceGetMemoryInfo`` without a version is v1, whose ``used`` includes the
+reserved memory (v2 reports it apart); an event set keeps its queued events across a failed
+wait, loses them when freed, and answers GPU_IS_LOST (once its queue is empty) while a GPU
+registered on it is lost; most getters answer NOT_SUPPORTED on a MIG device handle, and
+utilisation is NOT_SUPPORTED on a GPU in MIG mode.
+
 Two GPUs by default (:func:`default_gpus`):
 
 * GPU 0, H100-like, with everything: memory temperature, 18 NVLinks, row remapping, two fans.
@@ -13,8 +21,11 @@ Two GPUs by default (:func:`default_gpus`):
   pages instead), no fan, no MIG, no supported-clock-reasons mask, and the energy *field* is
   unsupported while ``nvmlDeviceGetTotalEnergyConsumption`` works (the collector's fallback).
 
+:func:`mig_gpu` is an H100 in MIG mode with three MIG devices, for the MIG tests.
+
 Knobs: ``FakeGpu.failing`` (a function raises a given error code),
-:meth:`FakeNvml.lose_gpu` (every call on that GPU raises ``NVMLError_GpuIsLost``),
+:meth:`FakeNvml.lose_gpu` (every call on that GPU raises ``NVMLError_GpuIsLost``, or another
+code such as RESET_REQUIRED), ``FakeNvml.wait_errors`` (codes the next event waits raise),
 :meth:`FakeNvml.inject_xid` (queued for ``nvmlEventSetWait``), ``library_missing`` /
 ``driver_not_loaded`` (``nvmlInit`` fails), ``missing`` (functions absent from the module, as
 with an old pynvml). ``calls`` counts calls by function name.
@@ -54,6 +65,7 @@ NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
 NVML_ERROR_IN_USE = 19
 NVML_ERROR_MEMORY = 20
 NVML_ERROR_NO_DATA = 21
+NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
 NVML_ERROR_UNKNOWN = 999
 
 NVML_FEATURE_DISABLED = 0
@@ -62,6 +74,16 @@ NVML_DEVICE_MIG_DISABLE = 0
 NVML_DEVICE_MIG_ENABLE = 1
 
 NVML_TEMPERATURE_GPU = 0
+nvmlTemperature_v1 = 0x100000C
+nvmlMemory_v2 = 0x02000028
+NVML_PERF_POLICY_POWER = 0
+NVML_PERF_POLICY_THERMAL = 1
+NVML_PERF_POLICY_SYNC_BOOST = 2
+NVML_PERF_POLICY_BOARD_LIMIT = 3
+NVML_PERF_POLICY_LOW_UTILIZATION = 4
+NVML_PERF_POLICY_RELIABILITY = 5
+NVML_PERF_POLICY_TOTAL_APP_CLOCKS = 10
+NVML_PERF_POLICY_TOTAL_BASE_CLOCKS = 11
 NVML_CLOCK_GRAPHICS = 0
 NVML_CLOCK_SM = 1
 NVML_CLOCK_MEM = 2
@@ -96,6 +118,7 @@ NVML_FI_DEV_ECC_DBE_AGG_TOTAL = 6
 NVML_FI_DEV_RETIRED_SBE = 29
 NVML_FI_DEV_RETIRED_DBE = 30
 NVML_FI_DEV_RETIRED_PENDING = 31
+# nvml.h: "..._L<n>" is lane n; the link goes in scopeId
 NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0 = 32  # L0..L5 = 32..37, L6..L11 = 96..101
 NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L0 = 39  # L0..L5 = 39..44, L6..L11 = 102..107
 NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L0 = 46  # L0..L5 = 46..51, L6..L11 = 108..113
@@ -136,7 +159,7 @@ nvmlClocksEventReasonDisplayClockSetting = 0x0000000000000100
 nvmlClocksEventReasonNone = 0x0000000000000000
 nvmlClocksThrottleReasonSwPowerCap = nvmlClocksEventReasonSwPowerCap
 
-# legacy per-link NVLink error fields: links 0..5 and 6..11 live in two id ranges
+# the old NVLink error fields, per lane (scopeId = link): lanes 0..5 and 6..11 in two id ranges
 _LEGACY_NVLINK_BASES = {
     "crc_flit": (
         NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0,
@@ -165,9 +188,18 @@ _DL_COUNTERS = {
 }
 
 
-def legacy_nvlink_field(kind: str, link: int) -> int:
+LANES = 4  # lanes per link in the fake (an NVLink 4 link has 2; the id range allows 12)
+
+
+def legacy_nvlink_field(kind: str, lane: int) -> int:
     lo, hi = _LEGACY_NVLINK_BASES[kind]
-    return lo + link if link < 6 else hi + link - 6
+    return lo + lane if lane < 6 else hi + lane - 6
+
+
+def lane_count(total: int, lane: int) -> int:
+    """Lane ``lane``'s share of a link's ``total`` errors (lane 0 takes the remainder)."""
+    share = total // LANES
+    return share + (total - share * LANES if lane == 0 else 0)
 
 
 # ---- errors (made like pynvml's: NVMLError(code) returns the subclass for that code) ----------
@@ -254,6 +286,20 @@ class c_nvmlMemory_t(ctypes.Structure):
     ]
 
 
+class c_nvmlMemory_v2_t(ctypes.Structure):
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("total", ctypes.c_ulonglong),
+        ("reserved", ctypes.c_ulonglong),
+        ("free", ctypes.c_ulonglong),
+        ("used", ctypes.c_ulonglong),
+    ]
+
+
+class c_nvmlViolationTime_t(ctypes.Structure):
+    _fields_ = [("referenceTime", ctypes.c_ulonglong), ("violationTime", ctypes.c_ulonglong)]
+
+
 class c_nvmlUtilization_t(ctypes.Structure):
     _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
 
@@ -280,6 +326,27 @@ class FakeHandle:
     """A device handle. Hashable, like the pointer address the collector keys real handles by."""
 
     index: int
+
+
+@dataclass(frozen=True)
+class FakeMigHandle:
+    """A MIG device handle: the parent GPU's index and the MIG device's index under it."""
+
+    parent: int
+    index: int
+
+
+@dataclass
+class FakeMig:
+    """One MIG device (a compute instance of a GPU instance), memory in bytes."""
+
+    gpu_instance: int
+    compute_instance: int
+    profile: str  # e.g. "1g.10gb"; the device's name is the parent's + " MIG " + profile
+    uuid: str
+    memory_total: int
+    memory_used: int
+    processes: list[tuple[int, int | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -315,7 +382,7 @@ class FakeGpu:
     vbios: str
     mig_mode: int | None  # None: MIG not supported
     memory_total: int
-    memory_used: int
+    memory_used: int  # as nvmlMemory_v2 counts it: without the reserved memory
     util_gpu: int
     util_memory: int
     temperature: int
@@ -340,6 +407,13 @@ class FakeGpu:
     pcie_replay: int
     ecc: dict[tuple[int, int], int]  # (error type, counter type) -> count
     memory_temperature: int | None = None
+    memory_reserved: int = 0
+    memory_v2: bool = True  # False: an older driver without nvmlDeviceGetMemoryInfo_v2
+    encoder_util: int | None = None  # percent; None: no video encoder
+    decoder_util: int | None = None
+    violation_ns: dict[int, int] = field(default_factory=dict)  # perf policy -> ns; else N/S
+    migs: list[FakeMig | None] = field(default_factory=list)  # MIG devices by index, None = gap
+    max_mig_devices: int = 7
     nvlinks: list[dict[str, int]] | None = None  # per link: state, replay, recovery, ...
     remapped_rows: tuple[int, int, int, int] | None = None  # cor, unc, pending, failure
     retired_pages: dict[int, list[int]] | None = None  # cause -> page addresses
@@ -348,7 +422,7 @@ class FakeGpu:
     unsupported: set[str] = field(default_factory=set)  # function names -> NOT_SUPPORTED
     unsupported_fields: set[int] = field(default_factory=set)
     failing: dict[str, int] = field(default_factory=dict)  # function name -> error code raised
-    lost: bool = False
+    lost: int = 0  # the error code every call raises (GPU_IS_LOST, RESET_REQUIRED), 0 if none
 
     def fields(self) -> FieldTable:
         ull = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
@@ -390,9 +464,12 @@ class FakeGpu:
                 t[(NVML_FI_DEV_NVLINK_GET_STATE, link)] = (ui, c["state"])
                 for fid, kind in _DL_FIELDS.items():
                     t[(fid, link)] = (ull, c[kind])
-                if link < 12:
-                    for kind in _LEGACY_NVLINK_BASES:
-                        t[(legacy_nvlink_field(kind, link), 0)] = (ull, c[kind])
+                for kind in _LEGACY_NVLINK_BASES:
+                    for lane in range(LANES):
+                        t[(legacy_nvlink_field(kind, lane), link)] = (
+                            ull,
+                            lane_count(c[kind], lane),
+                        )
         return {k: v for k, v in t.items() if k[0] not in self.unsupported_fields}
 
 
@@ -446,6 +523,18 @@ def h100(index: int = 0) -> FakeGpu:
         retired_pages=None,
         processes=[(4242, 8 * 2**30), (4343, 2 * 2**30)],
         unsupported={"nvmlDeviceGetRetiredPages", "nvmlDeviceGetRetiredPagesPendingStatus"},
+        memory_reserved=543 * 2**20,
+        decoder_util=4,  # an H100 has video decoders and no encoder
+        violation_ns={
+            NVML_PERF_POLICY_POWER: 12_500_000_000,
+            NVML_PERF_POLICY_THERMAL: 250_000_000,
+            NVML_PERF_POLICY_SYNC_BOOST: 0,
+            NVML_PERF_POLICY_BOARD_LIMIT: 0,
+            NVML_PERF_POLICY_LOW_UTILIZATION: 3_600_000_000_000,
+            NVML_PERF_POLICY_RELIABILITY: 0,
+            NVML_PERF_POLICY_TOTAL_APP_CLOCKS: 12_750_000_000,
+            NVML_PERF_POLICY_TOTAL_BASE_CLOCKS: 0,
+        },
     )
 
 
@@ -488,6 +577,10 @@ def t4(index: int = 1) -> FakeGpu:
         retired_pages={0: [0x1000, 0x2000], 1: [0x3000]},
         retired_pending=0,
         processes=[(5151, 512 * 2**20)],
+        memory_reserved=227 * 2**20,
+        encoder_util=25,
+        decoder_util=10,
+        violation_ns={NVML_PERF_POLICY_POWER: 0, NVML_PERF_POLICY_THERMAL: 1_500_000_000},
         unsupported={
             "nvmlDeviceGetSupportedClocksEventReasons",
             "nvmlDeviceGetSupportedClocksThrottleReasons",
@@ -498,6 +591,22 @@ def t4(index: int = 1) -> FakeGpu:
 
 def default_gpus() -> list[FakeGpu]:
     return [h100(0), t4(1)]
+
+
+def mig_gpu(index: int = 0) -> FakeGpu:
+    """An H100 in MIG mode: a 3g.40gb, a 2g.20gb and a 1g.10gb device, MIG index 3 empty."""
+    g = h100(index)
+    g.mig_mode = NVML_DEVICE_MIG_ENABLE
+    g.processes = []
+    g.migs = [
+        FakeMig(1, 0, "3g.40gb", f"MIG-3f0c9a52-8b1d-5e6f-9a0b-1c2d3e4f5a6{index}",
+                40192 * 2**20, 30 * 2**30, [(6001, 29 * 2**30)]),
+        FakeMig(5, 0, "2g.20gb", f"MIG-5a6b7c8d-9e0f-5a1b-8c2d-3e4f5a6b7c8{index}",
+                19968 * 2**20, 6 * 2**30, [(6002, 5 * 2**30), (6003, None)]),
+        FakeMig(13, 0, "1g.10gb", f"MIG-d1e2f3a4-b5c6-5d7e-8f9a-0b1c2d3e4f5{index}",
+                9856 * 2**20, 0),
+    ]  # fmt: skip
+    return g
 
 
 # ---- the module ------------------------------------------------------------------------------
@@ -532,6 +641,7 @@ class FakeNvml:
         self.shutdown_calls = 0
         self.calls: Counter[str] = Counter()
         self.event_sets: list[FakeEventSet] = []
+        self.wait_errors: deque[int] = deque()  # codes the next nvmlEventSetWait calls raise
         self._cond = threading.Condition()
 
     def __getattribute__(self, name: str) -> Any:
@@ -541,16 +651,26 @@ class FakeNvml:
 
     # -- test knobs --
 
-    def lose_gpu(self, index: int) -> None:
-        """From now on every call on this GPU raises NVMLError_GpuIsLost (fell off the bus)."""
-        self.gpus[index].lost = True
+    def lose_gpu(self, index: int, code: int = NVML_ERROR_GPU_IS_LOST) -> None:
+        """From now on every call on this GPU raises ``code`` (fell off the bus, needs reset)."""
+        with self._cond:
+            self.gpus[index].lost = code
+            self._cond.notify_all()
 
     def recover_gpu(self, index: int) -> None:
-        self.gpus[index].lost = False
+        self.gpus[index].lost = 0
+
+    def fail_waits(self, *codes: int) -> None:
+        """The next ``len(codes)`` event waits raise these codes; queued events stay queued."""
+        with self._cond:
+            self.wait_errors.extend(codes)
+            self._cond.notify_all()
 
     def inject_xid(self, index: int, xid: int) -> None:
         """Queue an XID critical error event on GPU ``index`` for every set watching it."""
         with self._cond:
+            if self.gpus[index].lost:
+                return
             for es in self.event_sets:
                 if not es.freed and es.devices.get(index, 0) & nvmlEventTypeXidCriticalError:
                     es.queue.append(
@@ -568,18 +688,35 @@ class FakeNvml:
         if self.initialized <= 0:
             raise NVMLError(NVML_ERROR_UNINITIALIZED)
 
-    def _dev(self, fn: str, handle: FakeHandle) -> FakeGpu:
+    def _dev(self, fn: str, handle: FakeHandle | FakeMigHandle) -> FakeGpu:
+        """The GPU of a full-GPU handle; a MIG handle answers NOT_SUPPORTED (see _any)."""
+        g, mig = self._any(fn, handle)
+        if mig is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return g
+
+    def _any(self, fn: str, handle: Any) -> tuple[FakeGpu, FakeMig | None]:
+        """The GPU and, for a MIG device handle, the MIG device (for getters that take both)."""
         self._enter(fn)
-        if not isinstance(handle, FakeHandle) or not 0 <= handle.index < len(self.gpus):
+        index = handle.parent if isinstance(handle, FakeMigHandle) else getattr(handle, "index", -1)
+        if not isinstance(handle, FakeHandle | FakeMigHandle) or not 0 <= index < len(self.gpus):
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-        g = self.gpus[handle.index]
+        g = self.gpus[index]
         if g.lost:
-            raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+            raise NVMLError(g.lost)
         if fn in g.unsupported:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         if fn in g.failing:
             raise NVMLError(g.failing[fn])
-        return g
+        if not isinstance(handle, FakeMigHandle):
+            return g, None
+        mig = g.migs[handle.index] if handle.index < len(g.migs) else None
+        if mig is None or g.mig_mode != NVML_DEVICE_MIG_ENABLE:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)  # a stale MIG handle
+        return g, mig
+
+    def _mig_mode(self, g: FakeGpu) -> bool:
+        return g.mig_mode == NVML_DEVICE_MIG_ENABLE
 
     # -- init --
 
@@ -614,7 +751,7 @@ class FakeNvml:
         if not 0 <= index < len(self.gpus):
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         if self.gpus[index].lost:
-            raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+            raise NVMLError(self.gpus[index].lost)
         return FakeHandle(index)
 
     def nvmlDeviceGetIndex(self, handle: FakeHandle) -> int:
@@ -624,10 +761,12 @@ class FakeNvml:
     # -- static --
 
     def nvmlDeviceGetName(self, h: FakeHandle) -> str:
-        return self._dev("nvmlDeviceGetName", h).name
+        g, mig = self._any("nvmlDeviceGetName", h)
+        return g.name if mig is None else f"{g.name} MIG {mig.profile}"
 
     def nvmlDeviceGetUUID(self, h: FakeHandle) -> str:
-        return self._dev("nvmlDeviceGetUUID", h).uuid
+        g, mig = self._any("nvmlDeviceGetUUID", h)
+        return g.uuid if mig is None else mig.uuid
 
     def nvmlDeviceGetSerial(self, h: FakeHandle) -> str:
         return self._dev("nvmlDeviceGetSerial", h).serial
@@ -685,16 +824,64 @@ class FakeNvml:
 
     # -- dynamic --
 
-    def nvmlDeviceGetMemoryInfo(self, h: FakeHandle, version: int | None = None) -> c_nvmlMemory_t:
-        g = self._dev("nvmlDeviceGetMemoryInfo", h)
-        return c_nvmlMemory_t(g.memory_total, g.memory_total - g.memory_used, g.memory_used)
+    def nvmlDeviceGetMemoryInfo(
+        self, h: FakeHandle, version: int | None = None
+    ) -> c_nvmlMemory_t | c_nvmlMemory_v2_t:
+        """v1 without a version (``used`` includes reserved), v2 with nvmlMemory_v2."""
+        g, mig = self._any("nvmlDeviceGetMemoryInfo", h)
+        total, used, reserved = (
+            (g.memory_total, g.memory_used, g.memory_reserved)
+            if mig is None
+            else (mig.memory_total, mig.memory_used, 0)
+        )
+        free = total - used - reserved
+        if not version:
+            return c_nvmlMemory_t(total, free, total - free)
+        if not g.memory_v2:  # pynvml: the _v2 symbol is missing from libnvidia-ml
+            raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+        if version != nvmlMemory_v2:
+            raise NVMLError(NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        return c_nvmlMemory_v2_t(version, total, reserved, free, used)
 
     def nvmlDeviceGetUtilizationRates(self, h: FakeHandle) -> c_nvmlUtilization_t:
         g = self._dev("nvmlDeviceGetUtilizationRates", h)
+        if self._mig_mode(g):  # per instance only through DCGM's profiling metrics
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         return c_nvmlUtilization_t(g.util_gpu, g.util_memory)
+
+    def _codec(self, fn: str, h: FakeHandle, util: Callable[[FakeGpu], int | None]) -> list[int]:
+        g = self._dev(fn, h)
+        value = util(g)
+        if value is None or self._mig_mode(g):
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return [value, 167000]  # utilisation, sampling period in us
+
+    def nvmlDeviceGetEncoderUtilization(self, h: FakeHandle) -> list[int]:
+        return self._codec("nvmlDeviceGetEncoderUtilization", h, lambda g: g.encoder_util)
+
+    def nvmlDeviceGetDecoderUtilization(self, h: FakeHandle) -> list[int]:
+        return self._codec("nvmlDeviceGetDecoderUtilization", h, lambda g: g.decoder_util)
+
+    def nvmlDeviceGetViolationStatus(
+        self, device: FakeHandle, perfPolicyType: int
+    ) -> c_nvmlViolationTime_t:
+        g = self._dev("nvmlDeviceGetViolationStatus", device)
+        if perfPolicyType not in g.violation_ns:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return c_nvmlViolationTime_t(1_700_000_000_000_000, g.violation_ns[perfPolicyType])
 
     def nvmlDeviceGetTemperature(self, h: FakeHandle, sensor: int) -> int:
         g = self._dev("nvmlDeviceGetTemperature", h)
+        if sensor != NVML_TEMPERATURE_GPU:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return g.temperature
+
+    def nvmlDeviceGetTemperatureV(
+        self, handle: FakeHandle, sensor: int, version: int = nvmlTemperature_v1
+    ) -> int:
+        if version != nvmlTemperature_v1:
+            raise NVMLError(NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        g = self._dev("nvmlDeviceGetTemperatureV", handle)
         if sensor != NVML_TEMPERATURE_GPU:
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         return g.temperature
@@ -791,23 +978,60 @@ class FakeNvml:
         return g.nvlinks[link][_DL_COUNTERS[counter]]
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: FakeHandle) -> list[nvmlFriendlyObject]:
-        return self._processes(self._dev("nvmlDeviceGetComputeRunningProcesses", h))
+        return self._processes(*self._any("nvmlDeviceGetComputeRunningProcesses", h))
 
-    def _processes(self, g: FakeGpu) -> list[nvmlFriendlyObject]:
+    def _processes(self, g: FakeGpu, mig: FakeMig | None) -> list[nvmlFriendlyObject]:
+        """A MIG handle's processes; on the parent in MIG mode, every instance's, with ids."""
+        none = 0xFFFFFFFF
+        if mig is not None:
+            rows = [(p, u, mig.gpu_instance, mig.compute_instance) for p, u in mig.processes]
+        else:
+            rows = [(p, u, none, none) for p, u in g.processes]
+            for m in g.migs if self._mig_mode(g) else []:
+                if m is not None:
+                    rows += [(p, u, m.gpu_instance, m.compute_instance) for p, u in m.processes]
         return [
             nvmlFriendlyObject(
-                {
-                    "pid": pid,
-                    "usedGpuMemory": used,
-                    "gpuInstanceId": 0xFFFFFFFF,
-                    "computeInstanceId": 0xFFFFFFFF,
-                }
+                {"pid": pid, "usedGpuMemory": used, "gpuInstanceId": gi, "computeInstanceId": ci}
             )
-            for pid, used in g.processes
+            for pid, used, gi, ci in rows
         ]
 
     def nvmlDeviceGetComputeRunningProcesses_v2(self, h: FakeHandle) -> list[nvmlFriendlyObject]:
-        return self._processes(self._dev("nvmlDeviceGetComputeRunningProcesses_v2", h))
+        return self._processes(*self._any("nvmlDeviceGetComputeRunningProcesses_v2", h))
+
+    # -- MIG --
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, device: FakeHandle) -> int:
+        g = self._dev("nvmlDeviceGetMaxMigDeviceCount", device)
+        if g.mig_mode is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return g.max_mig_devices if self._mig_mode(g) else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: FakeHandle, index: int) -> FakeMigHandle:
+        g = self._dev("nvmlDeviceGetMigDeviceHandleByIndex", device)
+        if g.mig_mode is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        if not self._mig_mode(g) or not 0 <= index < g.max_mig_devices:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        if index >= len(g.migs) or g.migs[index] is None:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return FakeMigHandle(device.index, index)
+
+    def nvmlDeviceIsMigDeviceHandle(self, device: Any) -> int:
+        return int(self._any("nvmlDeviceIsMigDeviceHandle", device)[1] is not None)
+
+    def _mig_ids(self, fn: str, device: Any) -> FakeMig:
+        mig = self._any(fn, device)[1]
+        if mig is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return mig
+
+    def nvmlDeviceGetGpuInstanceId(self, device: Any) -> int:
+        return self._mig_ids("nvmlDeviceGetGpuInstanceId", device).gpu_instance
+
+    def nvmlDeviceGetComputeInstanceId(self, device: Any) -> int:
+        return self._mig_ids("nvmlDeviceGetComputeInstanceId", device).compute_instance
 
     def nvmlDeviceGetFieldValues(self, h: FakeHandle, fieldIds: list[Any]) -> Any:
         g = self._dev("nvmlDeviceGetFieldValues", h)
@@ -851,13 +1075,26 @@ class FakeNvml:
             es.devices[h.index] = es.devices.get(h.index, 0) | event_types
 
     def nvmlEventSetWait(self, es: FakeEventSet, timeoutms: int) -> FakeEventData:
+        """The next queued event; a lost registered GPU's code once the queue is empty."""
         self._enter("nvmlEventSetWait")
         with self._cond:
             if es.freed:
                 raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-            if not self._cond.wait_for(lambda: bool(es.queue), timeout=timeoutms / 1000):
-                raise NVMLError(NVML_ERROR_TIMEOUT)
-            return es.queue.popleft()
+            if self.wait_errors:
+                raise NVMLError(self.wait_errors.popleft())
+
+            def lost() -> int:
+                return next((self.gpus[i].lost for i in es.devices if self.gpus[i].lost), 0)
+
+            ready = self._cond.wait_for(
+                lambda: bool(es.queue) or bool(self.wait_errors) or bool(lost()),
+                timeout=timeoutms / 1000,
+            )
+            if es.queue:
+                return es.queue.popleft()
+            if self.wait_errors:
+                raise NVMLError(self.wait_errors.popleft())
+            raise NVMLError(lost() if ready else NVML_ERROR_TIMEOUT)
 
     def nvmlEventSetFree(self, es: FakeEventSet) -> None:
         self._enter("nvmlEventSetFree")
@@ -868,7 +1105,16 @@ class FakeNvml:
 
 # pynvml exposes its constants and error classes as module attributes; so does the fake.
 for _name, _value in list(globals().items()):
-    if _name.startswith(("NVML_", "NVMLError", "nvmlEventType", "nvmlClocks", "NVMLLibrary")):
+    if _name.startswith(
+        ("NVML_", "NVMLError", "nvmlEventType", "nvmlClocks", "NVMLLibrary", "nvmlMemory_v")
+    ) or _name in ("nvmlTemperature_v1",):
         setattr(FakeNvml, _name, _value)
-for _name in ("c_nvmlFieldValue_t", "c_nvmlValue_t", "c_nvmlMemory_t", "c_nvmlUtilization_t"):
+for _name in (
+    "c_nvmlFieldValue_t",
+    "c_nvmlValue_t",
+    "c_nvmlMemory_t",
+    "c_nvmlMemory_v2_t",
+    "c_nvmlViolationTime_t",
+    "c_nvmlUtilization_t",
+):
     setattr(FakeNvml, _name, globals()[_name])
