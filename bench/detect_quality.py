@@ -15,7 +15,11 @@ The baselines flag test points whose score exceeds the 99.5th percentile of thei
 Metrics pool all entities of a dataset. "best-threshold point F1" uses the labels to choose one
 threshold over the pooled scores: it is an oracle measure of the ranking, not what would alert.
 
-Run by hand:  .venv/bin/python bench/detect_quality.py [--datasets DIR] [--only NAME ...]
+With ``--lofo`` it also backtests every candidate setting of ``bench/detect_lofo.py`` on every
+family and adds the leave-one-family-out table: each default is chosen on two families and measured
+on the third.
+
+Run by hand:  .venv/bin/python bench/detect_quality.py [--datasets DIR] [--only NAME ...] [--lofo]
 Writes bench/reports/detect_quality.md.
 """
 
@@ -39,6 +43,9 @@ from sklearn.preprocessing import MinMaxScaler
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import detect_lofo  # noqa: E402
+
 from dcwatch.detectors.backtest import detect as backtest_detect  # noqa: E402
 from dcwatch.detectors.backtest import evaluation as ev  # noqa: E402
 from dcwatch.detectors.backtest.detect import dataset_entities, read_frame, test_days  # noqa: E402
@@ -99,30 +106,41 @@ class Row:
     seconds: float
 
 
-def evaluate_outputs(
-    outputs: list[tuple[pd.DataFrame, np.ndarray, float]],
-) -> tuple[ev.Metrics, float]:
-    """Pooled metrics and best-threshold point F1 from (output frame, labels, days) per entity."""
+Output = tuple[pd.DataFrame, np.ndarray, pd.DataFrame]  # (score/is_anomaly, labels, test frame)
+
+
+def evaluate_outputs(outputs: list[Output]) -> tuple[ev.Metrics, float]:
+    """Pooled metrics and best-threshold point F1 from (output, labels, test frame) per entity."""
     total = ev.Counts()
-    for out, y, days in outputs:
+    for out, y, test in outputs:
         if len(out) != len(y):
             raise ValueError(f"output has {len(out)} rows, labels {len(y)}")
-        total = total + ev.counts(y, out["is_anomaly"].to_numpy().astype(bool), days)
+        ts = np.asarray(test.index, dtype=float)
+        step = float(np.median(np.diff(ts))) if len(ts) > 1 else None
+        pred = out["is_anomaly"].to_numpy().astype(bool)
+        total = total + ev.counts(y, pred, test_days(ts), step)
     y_all = np.concatenate([y for _, y, _ in outputs])
     s_all = np.concatenate([out["score"].to_numpy(dtype=float) for out, _, _ in outputs])
     return ev.metrics_from_counts(total), ev.best_point_f1(y_all, s_all)[0]
 
 
-def run_dataset(directory: Path, workdir: Path) -> list[Row]:
-    name = directory.name
-    entities = dataset_entities(directory)
+Entity = tuple[str, pd.DataFrame, pd.DataFrame, np.ndarray]  # name, train, test, labels
+
+
+def load_dataset(directory: Path) -> list[Entity]:
     data = []
-    for entity, train_path, test_path in entities:
+    for entity, train_path, test_path in dataset_entities(directory):
         train, _ = read_frame(train_path)
         test, labels = read_frame(test_path)
         if labels is None:
             raise SystemExit(f"{test_path}: no label column, cannot evaluate")
         data.append((entity, train, test, labels))
+    return data
+
+
+def run_dataset(directory: Path, workdir: Path) -> list[Row]:
+    name = directory.name
+    data = load_dataset(directory)
     rows = []
 
     out_dir = workdir / name
@@ -134,8 +152,7 @@ def run_dataset(directory: Path, workdir: Path) -> list[Row]:
     seconds = time.perf_counter() - t0
     outputs = []
     for entity, _, test, labels in data:
-        out = pd.read_csv(out_dir / f"{entity}.csv")
-        outputs.append((out, labels, test_days(np.asarray(test.index, dtype=float))))
+        outputs.append((pd.read_csv(out_dir / f"{entity}.csv"), labels, test))
     m, best = evaluate_outputs(outputs)
     rows.append(Row(name, "dcwatch defaults", m, best, seconds))
 
@@ -148,7 +165,7 @@ def run_dataset(directory: Path, workdir: Path) -> list[Row]:
             s_train, s_test = fn(a, b)
             threshold = np.percentile(s_train, BASELINE_QUANTILE)
             out = pd.DataFrame({"score": s_test, "is_anomaly": (s_test > threshold).astype(int)})
-            outputs.append((out, labels, test_days(np.asarray(test.index, dtype=float))))
+            outputs.append((out, labels, test))
         m, best = evaluate_outputs(outputs)
         rows.append(Row(name, method, m, best, time.perf_counter() - t0))
     return rows
@@ -156,19 +173,28 @@ def run_dataset(directory: Path, workdir: Path) -> list[Row]:
 
 HEADER = (
     "| dataset | method | point F1 | best-threshold point F1 (oracle) | point-adjusted F1 "
-    "| composite F1 | event F1 | false alerts / entity-day | point P / R | event P / R | time |"
+    "| composite F1 | event F1 | false alerts / entity-day | point P / R | event P / R "
+    "| mean delay, steps (time) | events missed | time |"
 )
 
 
+def delay(m: ev.Metrics) -> str:
+    """Mean detection delay over the events caught, in steps and minutes."""
+    if np.isnan(m.mean_delay_steps):
+        return "n/a"
+    return f"{m.mean_delay_steps:.1f} ({m.mean_delay_seconds / 60:.0f} min)"
+
+
 def table(rows: list[Row]) -> str:
-    lines = [HEADER, "|" + "---|" * 2 + "---:|" * 9]
+    lines = [HEADER, "|" + "---|" * 2 + "---:|" * 11]
     for r in rows:
         m = r.metrics
         lines.append(
             f"| {r.dataset} | {r.method} | {m.point_f1:.3f} | {r.best_f1:.3f} | {m.pa_f1:.3f} "
             f"| {m.composite_f1:.3f} | {m.event_f1:.3f} | {m.false_alerts_per_day:.2f} "
             f"| {m.point_precision:.2f} / {m.point_recall:.2f} "
-            f"| {m.event_precision:.2f} / {m.event_recall:.2f} | {r.seconds:.0f} s |"
+            f"| {m.event_precision:.2f} / {m.event_recall:.2f} | {delay(m)} "
+            f"| {m.events_missed} | {r.seconds:.0f} s |"
         )
     return "\n".join(lines)
 
@@ -183,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--only", nargs="*", default=None, help="dataset folder names to run")
     p.add_argument("--report", type=Path, default=REPORT)
+    p.add_argument(
+        "--lofo", action="store_true", help="also the leave-one-family-out choice of defaults"
+    )
+    p.add_argument("--lofo-only", action="store_true", help="only the leave-one-family-out part")
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dcwatch_lofo.json")
     args = p.parse_args(argv)
     dirs = sorted(d for d in args.datasets.iterdir() if d.is_dir() and dataset_entities(d))
     if args.only:
@@ -191,6 +222,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no detection datasets under {args.datasets}", file=sys.stderr)
         return 2
     rows: list[Row] = []
+    lofo = ""
+    if args.lofo or args.lofo_only:
+        results = detect_lofo.evaluate_grid({d.name: load_dataset(d) for d in dirs}, args.cache)
+        lofo = (
+            "\n## Leave-one-family-out choice of the defaults\n\n"
+            f"{detect_lofo.__doc__.split(chr(10) * 2)[1]}\n\n"
+            + detect_lofo.lofo_table(results)
+            + "\n\nEvery candidate on every family (dev numbers):\n\n"
+            + detect_lofo.grid_table(results)
+            + "\n"
+        )
+        print(lofo, flush=True)
+        if args.lofo_only:
+            return 0
     with tempfile.TemporaryDirectory(prefix="detect_quality_") as tmp:
         for d in dirs:
             print(f"== {d.name}", file=sys.stderr, flush=True)
@@ -209,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         "uses its own threshold, calibrated on training scores only. Best-threshold point F1 "
         "chooses one threshold over the pooled scores with the labels (an oracle number). "
         "Composite F1 = harmonic mean of event recall and point precision; false alerts = "
-        "flagged runs overlapping no labelled event.\n\n" + table(rows) + "\n"
+        "flagged runs overlapping no labelled event; mean delay = steps from a caught event's "
+        "start to its first alerted point (missed events are counted, not averaged).\n\n"
+        + table(rows)
+        + "\n"
+        + lofo
     )
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text)

@@ -7,7 +7,8 @@
 The model is the live service's ``NodeModel`` (features -> ensemble -> decisions) with its
 defaults: fitted on the training file, then fed the whole test file as the next rows. A ``label``
 column in the test file is only read after scoring, to print precision/recall/F1 (point-wise,
-point-adjusted, event-wise), composite F1 and false alerts per entity-day.
+point-adjusted, event-wise), composite F1, false alerts per entity-day and the detection delay
+(mean over the events caught, steps and seconds, and the events missed).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def run_entity(
     ts = np.asarray(test.index, dtype=np.int64)
     out = pd.DataFrame({TIMESTAMP: ts, "score": score, "is_anomaly": flags.astype(np.int8)})
     days = test_days(ts.astype(float))
-    counts = ev.counts(labels, flags, days) if labels is not None else None
+    step = float(np.median(np.diff(ts))) if len(ts) > 1 else None
+    counts = ev.counts(labels, flags, days, step) if labels is not None else None
     return EntityResult(name=name, output=out, labels=labels, days=days, counts=counts)
 
 
@@ -135,7 +137,9 @@ def format_metrics(m: ev.Metrics, best: float | None = None) -> str:
         f"point P/R/F1 {m.point_precision:.3f}/{m.point_recall:.3f}/{m.point_f1:.3f}  "
         f"point-adjusted {m.pa_precision:.3f}/{m.pa_recall:.3f}/{m.pa_f1:.3f}  "
         f"event {m.event_precision:.3f}/{m.event_recall:.3f}/{m.event_f1:.3f}  "
-        f"composite F1 {m.composite_f1:.3f}  false alerts/entity-day {m.false_alerts_per_day:.2f}"
+        f"composite F1 {m.composite_f1:.3f}  false alerts/entity-day {m.false_alerts_per_day:.2f}  "
+        f"delay {m.mean_delay_steps:.1f} steps ({m.mean_delay_seconds:.0f} s), "
+        f"{m.events_missed} events missed"
     )
     if best is not None:
         line += f"  best-threshold point F1 {best:.3f}"

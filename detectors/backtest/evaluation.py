@@ -9,6 +9,9 @@ All functions take 1-D arrays of equal length for one entity. Definitions:
   (maximal runs of consecutive flagged points) that overlap a labelled event.
 - composite F1: harmonic mean of event recall and point-wise precision (Garg et al., 2021).
 - false alerts: flagged runs that overlap no labelled event, per day of test data.
+- detection delay: for each labelled event hit, the first flagged point inside it minus its start
+  (in steps, and in seconds at the entity's step); missed events are left out of the mean and
+  counted as missed (``events - events_hit``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class Counts:
     true_runs: int = 0
     false_runs: int = 0
     days: float = 0.0
+    delay_steps: int = 0  # summed over the events hit
+    delay_seconds: float = 0.0
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -74,8 +79,26 @@ class Counts:
         )
 
 
-def counts(labels: np.ndarray, pred: np.ndarray, days: float | None = None) -> Counts:
-    """Count what the metrics need for one entity (``days`` defaults to one point a minute)."""
+def event_delays(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per labelled event, steps from its start to its first flagged point; -1 where missed."""
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(pred, dtype=bool)
+    out = np.full(len(runs(y)), -1, dtype=np.int64)
+    for i, (a, b) in enumerate(runs(y)):
+        hit = np.flatnonzero(p[a:b])
+        if hit.size:
+            out[i] = int(hit[0])
+    return out
+
+
+def counts(
+    labels: np.ndarray,
+    pred: np.ndarray,
+    days: float | None = None,
+    step_seconds: float | None = None,
+) -> Counts:
+    """Count what the metrics need for one entity (``days`` defaults to one point a minute;
+    ``step_seconds``, the grid step for delays in seconds, to ``days`` over the points)."""
     y = np.asarray(labels, dtype=bool)
     p = np.asarray(pred, dtype=bool)
     if y.shape != p.shape:
@@ -83,8 +106,12 @@ def counts(labels: np.ndarray, pred: np.ndarray, days: float | None = None) -> C
     pa = point_adjust(y, p)
     events = runs(y)
     flagged = runs(p)
-    hit = sum(bool(p[a:b].any()) for a, b in events)
+    delays = event_delays(y, p)
+    caught = delays[delays >= 0]
     true_runs = sum(bool(y[a:b].any()) for a, b in flagged)
+    days = float(days) if days is not None else y.size / 1440.0
+    if step_seconds is None:
+        step_seconds = days * SECONDS_PER_DAY / y.size if y.size else 60.0
     return Counts(
         tp=int(np.sum(y & p)),
         fp=int(np.sum(~y & p)),
@@ -93,11 +120,13 @@ def counts(labels: np.ndarray, pred: np.ndarray, days: float | None = None) -> C
         pa_fp=int(np.sum(~y & pa)),
         pa_fn=int(np.sum(y & ~pa)),
         events=len(events),
-        events_hit=hit,
+        events_hit=int(caught.size),
         flagged_runs=len(flagged),
         true_runs=true_runs,
         false_runs=len(flagged) - true_runs,
-        days=float(days) if days is not None else y.size / 1440.0,
+        days=days,
+        delay_steps=int(caught.sum()),
+        delay_seconds=float(caught.sum()) * float(step_seconds),
     )
 
 
@@ -114,6 +143,9 @@ class Metrics:
     event_f1: float
     composite_f1: float
     false_alerts_per_day: float
+    mean_delay_steps: float  # over the events hit (NaN when none is)
+    mean_delay_seconds: float
+    events_missed: int
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -137,6 +169,9 @@ def metrics_from_counts(c: Counts) -> Metrics:
         event_f1=_f1(ep, er),
         composite_f1=_f1(pp, er),
         false_alerts_per_day=c.false_runs / c.days if c.days > 0 else 0.0,
+        mean_delay_steps=c.delay_steps / c.events_hit if c.events_hit else float("nan"),
+        mean_delay_seconds=c.delay_seconds / c.events_hit if c.events_hit else float("nan"),
+        events_missed=c.events - c.events_hit,
     )
 
 

@@ -9,6 +9,9 @@ distribution: 0 at the training median, 1 at the training 99th percentile):
   *combinations* of moderately unusual series. In the backtests it alone is precise but misses most
   events; joined by the maximum it adds a little on every dataset.
 - ``pca``: reconstruction error of the surprises (off by default: it did not help in the backtests).
+- ``onset``: ``OnsetDetector``, a CUSUM of each feature's surprise calibrated to a tail probability:
+  many moderately unusual points in a row (a slowly rising fault) instead of one extreme one. It is
+  stateful: ``stream`` takes and returns the CUSUM carried between calls.
 
 The combined score is the maximum over channels; higher = more anomalous in ``channel_scores`` and
 ``anomaly_score``, lower = more abnormal in the scikit-learn style ``score_samples``.
@@ -22,6 +25,7 @@ from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 
 from dcwatch.detectors.models.isolation import IsolationForestDetector
+from dcwatch.detectors.models.onset import OnsetDetector
 from dcwatch.detectors.models.persist import (
     State,
     array,
@@ -36,6 +40,7 @@ from dcwatch.detectors.models.persist import (
 from dcwatch.detectors.models.residual import RobustResidualDetector
 
 SURPRISE_CLIP = 10.0
+CHANNELS = ("residual", "iforest", "pca", "onset")
 # A fitted PCA's arrays (transform and inverse_transform read the first three).
 _PCA_ARRAYS = (
     "components_",
@@ -59,6 +64,8 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         pca_variance: float = 0.95,
         contamination: float = 0.001,
         random_state: int | None = 0,
+        onset_drift: float = 1.0,
+        onset_forget: float = 1.0,
     ) -> None:
         self.channels = channels
         self.tail_fraction = tail_fraction
@@ -68,13 +75,15 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         self.pca_variance = pca_variance
         self.contamination = contamination
         self.random_state = random_state
+        self.onset_drift = onset_drift
+        self.onset_forget = onset_forget
 
     def fit(self, X: np.ndarray, y: object = None) -> EnsembleDetector:
         X = np.nan_to_num(np.asarray(X, dtype=float))
-        unknown = set(self.channels) - {"residual", "iforest", "pca"}
+        unknown = set(self.channels) - set(CHANNELS)
         if unknown or "residual" not in self.channels:
             raise ValueError(
-                f"channels must include 'residual' and be among residual/iforest/pca: "
+                f"channels must include 'residual' and be among {'/'.join(CHANNELS)}: "
                 f"{self.channels}"
             )
         self.n_features_in_ = X.shape[1]
@@ -86,6 +95,11 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             sub = S[np.sort(rng.choice(len(S), self.max_train_rows, replace=False))]
         self.iforest_ = None
         self.pca_ = None
+        self.onset_ = None
+        if "onset" in self.channels and S.shape[1] > 0:
+            self.onset_ = OnsetDetector(
+                drift=self.onset_drift, forget=self.onset_forget, clip=SURPRISE_CLIP
+            ).fit(S)
         if "iforest" in self.channels and S.shape[1] > 0:
             self.iforest_ = IsolationForestDetector(
                 n_estimators=self.n_estimators,
@@ -98,7 +112,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             if pca.n_components_ > k:
                 pca = PCA(n_components=k).fit(sub)
             self.pca_ = pca
-        raw = self._raw_channels(self.residual_.surprises(X))
+        raw, _, _ = self._raw_channels(self.residual_.surprises(X), None)
         self.channel_names_ = list(raw)
         R = np.stack([raw[c] for c in self.channel_names_], axis=1)
         self.center_ = np.median(R, axis=0)
@@ -108,7 +122,11 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         self.offset_ = float(np.quantile(train, self.contamination))
         return self
 
-    def _raw_channels(self, surprises: np.ndarray) -> dict[str, np.ndarray]:
+    def _raw_channels(
+        self, surprises: np.ndarray, carry: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Raw channel scores, the per-feature surprise (the larger of residual and onset) and
+        the onset carry after the rows."""
         n = surprises.shape[0]
         out = {"residual": surprises.max(axis=1) if surprises.shape[1] else np.zeros(n)}
         S = np.clip(surprises, 0.0, SURPRISE_CLIP)
@@ -117,16 +135,38 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         if self.pca_ is not None:
             rec = self.pca_.inverse_transform(self.pca_.transform(S))
             out["pca"] = np.sqrt(((S - rec) ** 2).sum(axis=1))
-        return out
+        per_feature = surprises
+        after = np.zeros(0)
+        if self.onset_ is not None:
+            onset, after = self.onset_.stream(S, carry)
+            out["onset"] = onset.max(axis=1)
+            per_feature = np.maximum(surprises, onset)
+        return out, per_feature, after
 
-    def analyse(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Channel scores (n, n_channels; common scale, higher = more anomalous) and the residual
-        surprises (n, 2 * n_features: above, then below) from one pass."""
+    def initial_carry(self) -> np.ndarray:
+        """The streaming state before any row (empty without the onset channel)."""
+        check_is_fitted(self, "residual_")
+        return np.zeros(0) if self.onset_ is None else self.onset_.initial_carry()
+
+    def stream(
+        self, X: np.ndarray, carry: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``analyse`` for rows that follow ``carry`` (the state a previous call returned; None =
+        none): channel scores, per-feature surprises and the state after these rows."""
         check_is_fitted(self, "residual_")
         S = self.residual_.surprises(np.nan_to_num(np.asarray(X, dtype=float)))
-        raw = self._raw_channels(S)
+        if carry is not None and self.onset_ is not None and len(carry) != S.shape[1]:
+            carry = None  # a state from another model (e.g. before a refit): start afresh
+        raw, per_feature, after = self._raw_channels(S, carry)
         R = np.stack([raw[c] for c in self.channel_names_], axis=1)
-        return (R - self.center_) / self.spread_, S
+        return (R - self.center_) / self.spread_, per_feature, after
+
+    def analyse(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Channel scores (n, n_channels; common scale, higher = more anomalous) and the
+        per-feature surprises (n, 2 * n_features: above, then below; with the onset channel the
+        larger of the two channels' surprises) from one pass over consecutive rows."""
+        C, S, _ = self.stream(X)
+        return C, S
 
     def channel_scores(self, X: np.ndarray) -> np.ndarray:
         """(n, n_channels) scores on the common scale, higher = more anomalous."""
@@ -155,6 +195,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             "residual": self.residual_.state(),
             "iforest": None if self.iforest_ is None else self.iforest_.state(),
             "pca": None if self.pca_ is None else _pca_state(self.pca_),
+            "onset": None if self.onset_ is None else self.onset_.state(),
             "channel_names": list(self.channel_names_),
             "center": self.center_,
             "spread": self.spread_,
@@ -170,15 +211,21 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         det.iforest_ = None if forest is None else IsolationForestDetector.from_state(forest)
         pca = optional_section(state, "pca")
         det.pca_ = None if pca is None else _pca_from_state(pca)
+        # States written before the onset channel existed have no "onset" entry.
+        onset = optional_section(state, "onset") if "onset" in state else None
+        det.onset_ = None if onset is None else OnsetDetector.from_state(onset)
         det.channel_names_ = strings(state, "channel_names")
         det.center_ = array(state, "center", np.float64, 1)
         det.spread_ = array(state, "spread", np.float64, 1)
         det.offset_ = number(state, "offset")
         d = det.n_features_in_
         expect(det.residual_.n_features_in_ == d, "the residual detector sees every feature")
-        for part in (det.iforest_, det.pca_):
+        for part in (det.iforest_, det.pca_, det.onset_):
             expect(part is None or part.n_features_in_ == 2 * d, "channels see both sides")
-        expected = ["residual"] + ["iforest"] * (forest is not None) + ["pca"] * (pca is not None)
+        parts = (forest, pca, onset)
+        expected = ["residual"] + [
+            c for c, part in zip(CHANNELS[1:], parts, strict=True) if part is not None
+        ]
         expect(det.channel_names_ == expected, f"channels {expected}")
         expect(det.center_.shape == det.spread_.shape == (len(expected),), "scale per channel")
         return det

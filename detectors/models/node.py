@@ -52,9 +52,11 @@ from dcwatch.detectors.models.persist import State, array, expect, integer, numb
 STATE_FORMAT = "dcwatch.node-model"
 # 1 was a pickle; 2 is the ``persist`` container (JSON header + arrays, nothing executed on load);
 # 3 adds the series bound (``max_series``, ``max_train_rows``, ``forest_rows``) and the selection.
-# Version 2 files are still read (``_upgrade_v2``).
-STATE_VERSION = 3
-READ_VERSIONS = (2, 3)
+# 4 adds the onset channel's CUSUM carried between calls (``onset_carry``).
+# Version 2 and 3 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
+# so its carry is empty).
+STATE_VERSION = 4
+READ_VERSIONS = (2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,12 @@ class ModelConfig:
     max_train_rows: int = 7 * 5760  # the default window: a week at 15 s
     forest_rows: int = 20000
     random_state: int | None = 0
+    # The onset channel's evidence per step expected in normal operation, in -log10 probability
+    # units (1: points rarer than 1 in 10 add to the CUSUM); see ``models.onset``.
+    onset_drift: float = 1.0
+    # Its memory: 1 is a plain CUSUM, below 1 a leaky one that forgets within ~1 / (1 - forget)
+    # points, so an alert it raised ends soon after the evidence stops.
+    onset_forget: float = 1.0
 
 
 @dataclass
@@ -136,11 +144,11 @@ class NodeModel:
         train = self._fit_features(ts, names, values, exclude, kept, over)
         use = train.use
         detector = self._new_detector().fit(train.z[use])
-        raw = detector.anomaly_score(train.z)
+        raw, carry = _train_scores(detector, train.z)
         smoothed, _ = smooth(np.zeros(0), raw, self.config.decisions.smooth_points)
         days = int(use.sum()) * self.features_.step_ / SECONDS_PER_DAY
         threshold = calibrate_threshold(smoothed[use], days, self.config.decisions)
-        return self._finish(train, detector, raw, threshold, time.perf_counter() - t0)
+        return self._finish(train, detector, raw, carry, threshold, time.perf_counter() - t0)
 
     @classmethod
     def fit_group(
@@ -180,16 +188,18 @@ class NodeModel:
         ]
         detector = cls(cfg)._new_detector().fit(np.vstack(sample))
         del sample
-        raw_scores, pooled, days = {}, [], 0.0
+        raw_scores, carries, pooled, days = {}, {}, [], 0.0
         for name, (model, train) in members.items():
-            raw_scores[name] = detector.anomaly_score(train.z)
+            raw_scores[name], carries[name] = _train_scores(detector, train.z)
             smoothed, _ = smooth(np.zeros(0), raw_scores[name], cfg.decisions.smooth_points)
             pooled.append(smoothed[train.use])
             days += int(train.use.sum()) * model.features_.step_ / SECONDS_PER_DAY
         threshold = calibrate_threshold(np.concatenate(pooled), days, cfg.decisions)
         seconds = time.perf_counter() - t0
         return {
-            name: model._finish(train, detector, raw_scores[name], threshold, seconds)
+            name: model._finish(
+                train, detector, raw_scores[name], carries[name], threshold, seconds
+            )
             for name, (model, train) in members.items()
         }
 
@@ -242,6 +252,8 @@ class NodeModel:
             n_estimators=cfg.n_estimators,
             max_train_rows=cfg.forest_rows,
             random_state=cfg.random_state,
+            onset_drift=cfg.onset_drift,
+            onset_forget=cfg.onset_forget,
         )
 
     def _finish(
@@ -249,6 +261,7 @@ class NodeModel:
         train: _Training,
         detector: EnsembleDetector,
         raw: np.ndarray,
+        carry: np.ndarray,
         threshold: Threshold,
         seconds: float,
     ) -> NodeModel:
@@ -263,6 +276,7 @@ class NodeModel:
         self.last_ts_ = train.last_ts
         self.history_: History = train.history
         self.score_tail_ = raw[-(dcfg.smooth_points - 1) :] if dcfg.smooth_points > 1 else raw[:0]
+        self.onset_carry_ = carry
         self.alert_ = AlertState()
         self.fitted = True
         return self
@@ -309,7 +323,7 @@ class NodeModel:
             new = ts > self.last_ts_
             ts, values = ts[new], values[new]
         block = self.features_.transform_values(ts, values, self.history_)
-        channels, surprises = self.detector_.analyse(block.z)
+        channels, surprises, self.onset_carry_ = self.detector_.stream(block.z, self.onset_carry_)
         raw = channels.max(axis=1) if channels.shape[1] else np.zeros(len(ts))
         dcfg = self.config.decisions
         smoothed, self.score_tail_ = smooth(self.score_tail_, raw, dcfg.smooth_points)
@@ -341,7 +355,9 @@ class NodeModel:
         another version, a pickle from before version 2, a damaged or foreign file."""
         version, state = persist.unpack_versioned(blob, STATE_FORMAT, READ_VERSIONS)
         try:
-            return cls.from_state(_upgrade_v2(state) if version == 2 else state)
+            if version == 2:
+                state = _upgrade_v2(state)
+            return cls.from_state(_upgrade_v3(state) if version <= 3 else state)
         except persist.StateError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
@@ -368,6 +384,7 @@ class NodeModel:
             "last_ts": self.last_ts_,
             "history": {"ts": self.history_.ts, "values": self.history_.values},
             "score_tail": self.score_tail_,
+            "onset_carry": self.onset_carry_,
             "alert": persist.config_state(self.alert_),
         }
 
@@ -394,6 +411,11 @@ class NodeModel:
             ts=array(hist, "ts", np.float64, 1), values=array(hist, "values", np.float64, 2)
         )
         model.score_tail_ = array(state, "score_tail", np.float64, 1)
+        model.onset_carry_ = (
+            array(state, "onset_carry", np.float64, 1)
+            if "onset_carry" in state
+            else model.detector_.initial_carry()
+        )
         model.alert_ = persist.config_from(AlertState, section(state, "alert"))
         n = len(model.features_.columns_)
         h = model.history_
@@ -401,11 +423,22 @@ class NodeModel:
         expect(model.detector_.n_features_in_ == model.features_.n_features, "detector fits")
         expect(model.threshold_.value > 0, "a positive threshold")
         expect(
+            model.onset_carry_.shape == model.detector_.initial_carry().shape,
+            "one onset sum per feature side of the onset channel",
+        )
+        expect(
             model.selection_.over_limit >= 0 and model.selection_.no_signal >= 0,
             "the series seen include those used and left out",
         )
         model.fitted = True
         return model
+
+
+def _train_scores(detector: EnsembleDetector, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Combined scores of the training rows and the streaming state after them."""
+    channels, _, carry = detector.stream(z)
+    raw = channels.max(axis=1) if channels.shape[1] else np.zeros(len(z))
+    return raw, carry
 
 
 def _upgrade_v2(state: State) -> State:
@@ -423,6 +456,16 @@ def _upgrade_v2(state: State) -> State:
         seen = len(persist.strings(feats, "columns")) + len(persist.strings(feats, "dropped"))
         out["selection"] = {"seen": seen, "over_limit": 0}
     return out
+
+
+def _upgrade_v3(state: State) -> State:
+    """A version 3 state as version 4: settings added since take their defaults (they concern
+    channels a version 3 model does not have), and there is no onset sum to carry."""
+    config = dict(section(state, "config"))
+    defaults = ModelConfig()
+    config.setdefault("onset_drift", defaults.onset_drift)
+    config.setdefault("onset_forget", defaults.onset_forget)
+    return {**state, "config": config}
 
 
 def score_batch(

@@ -64,25 +64,10 @@ class RobustResidualDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"tail_fraction must be in (0, 0.5), got {self.tail_fraction}")
         if not 0 < self.contamination < 0.5:
             raise ValueError(f"contamination must be in (0, 0.5), got {self.contamination}")
-        D = one_sided(X)
         self.n_features_in_ = X.shape[1]
         if X.shape[0] == 0:
             raise ValueError("cannot fit on 0 rows")
-        grid = np.quantile(D, LEVELS, axis=0)  # (L, 2d)
-        # A strictly increasing grid keeps the interpolation well defined on ties (e.g. many zeros).
-        eps = 1e-9 * np.maximum(1.0, np.abs(grid).max(axis=0))
-        grid = grid + np.arange(len(LEVELS))[:, None] * eps[None, :]
-        self.grid_ = np.vstack([np.zeros((1, D.shape[1])), np.maximum(grid, 0.0)])
-        self.grid_[1:] = np.maximum(self.grid_[1:], self.grid_[:-1] + eps)
-        self.knots_ = _knots(LEVELS)
-        u = np.quantile(D, 1.0 - self.tail_fraction, axis=0)
-        over = u < D
-        n_over = over.sum(axis=0)
-        beta = np.where(over, D - u, 0.0).sum(axis=0) / np.maximum(n_over, 1)
-        beta = np.where(n_over > 0, beta, np.nan)
-        span = self.grid_[-1] - self.grid_[-4]
-        fallback = np.maximum(span, 1.0)
-        self.tail_scale_ = np.where(np.isfinite(beta) & (beta > 0), beta, fallback)
+        self.grid_, self.knots_, self.tail_scale_ = fit_tail(one_sided(X), self.tail_fraction)
         train = self.score_samples(X)
         self.offset_ = float(np.quantile(train, self.contamination))
         return self
@@ -138,6 +123,26 @@ class RobustResidualDetector(OutlierMixin, BaseEstimator):
         expect(det.grid_.shape == (len(det.knots_), m) and len(det.knots_) > 0, "grid is (K, 2d)")
         expect(det.tail_scale_.shape == (m,), "one tail scale per feature side")
         return det
+
+
+def fit_tail(D: np.ndarray, tail_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column calibration of non-negative deviations D (n, m) for ``surprise``: the quantile
+    grid (K, m), the surprise at each grid row (K,) and the exponential tail scale (m,) fitted to
+    the top ``tail_fraction`` (the mean excess over that quantile)."""
+    grid = np.quantile(D, LEVELS, axis=0)  # (L, m)
+    # A strictly increasing grid keeps the interpolation well defined on ties (e.g. many zeros).
+    eps = 1e-9 * np.maximum(1.0, np.abs(grid).max(axis=0))
+    grid = grid + np.arange(len(LEVELS))[:, None] * eps[None, :]
+    grid = np.vstack([np.zeros((1, D.shape[1])), np.maximum(grid, 0.0)])
+    grid[1:] = np.maximum(grid[1:], grid[:-1] + eps)
+    u = np.quantile(D, 1.0 - tail_fraction, axis=0)
+    over = u < D
+    n_over = over.sum(axis=0)
+    beta = np.where(over, D - u, 0.0).sum(axis=0) / np.maximum(n_over, 1)
+    beta = np.where(n_over > 0, beta, np.nan)
+    fallback = np.maximum(grid[-1] - grid[-4], 1.0)
+    tail = np.where(np.isfinite(beta) & (beta > 0), beta, fallback)
+    return grid, _knots(LEVELS), tail
 
 
 def surprise(D: np.ndarray, grid: np.ndarray, knots: np.ndarray, tail: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from dcwatch.cli import main as dcwatch
+from dcwatch.detectors.backtest import evaluation as ev
 from dcwatch.detectors.backtest.detect import dataset_entities
 from tests.conftest import SHARED_DATASETS
 
@@ -65,6 +67,15 @@ def test_single_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert res.loc[fault, "score"].max() > res.loc[~fault, "score"].quantile(0.99)
     text = capsys.readouterr().out
     assert "composite F1" in text and "false alerts/entity-day" in text
+    # The detection delay printed is the one of the written alerts, in steps and seconds.
+    delays = ev.event_delays(src["label"].to_numpy(), res["is_anomaly"].to_numpy())
+    caught = delays[delays >= 0]
+    step = float(np.median(np.diff(src["timestamp"])))
+    shown = re.search(r"delay ([\d.]+) steps \((\d+) s\), (\d+) events missed", text)
+    assert shown is not None and caught.size
+    assert float(shown[1]) == pytest.approx(caught.mean(), abs=0.05)
+    assert int(shown[2]) == pytest.approx(caught.mean() * step, abs=1)
+    assert int(shown[3]) == (delays < 0).sum()
 
 
 def test_labels_are_never_used(tmp_path: Path) -> None:

@@ -88,3 +88,27 @@ def test_best_point_f1_respects_ties() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError):
         ev.counts(np.zeros(3), np.zeros(4))
+
+
+def test_detection_delay_per_event() -> None:
+    #                  0  1  2  3  4  5  6  7  8  9 10 11
+    y = np.array([0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 0])
+    p = np.array([1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0])
+    # events [1,5) first flagged at 3 -> 2 steps; [6,8) missed; [9,11) at once -> 0 steps.
+    # The flag at 0, before the first event, is a false alert, not an early detection.
+    assert ev.event_delays(y, p).tolist() == [2, -1, 0]
+    m = ev.evaluate(y, p, days=1.0)
+    assert m.events_missed == 1
+    assert m.mean_delay_steps == pytest.approx(1.0)
+    c = ev.counts(y, p, days=1.0, step_seconds=300.0)
+    assert ev.metrics_from_counts(c).mean_delay_seconds == pytest.approx(300.0)
+
+
+def test_detection_delay_pools_over_events_not_entities() -> None:
+    a = ev.counts(np.array([1, 1, 1, 1]), np.array([0, 0, 0, 1]), days=1.0, step_seconds=60.0)
+    b = ev.counts(np.array([0, 1, 0, 1]), np.array([0, 1, 0, 1]), days=1.0, step_seconds=60.0)
+    m = ev.metrics_from_counts(a + b)
+    assert m.mean_delay_steps == pytest.approx(1.0)  # (3 + 0 + 0) / 3 events hit
+    assert m.mean_delay_seconds == pytest.approx(60.0)
+    none = ev.evaluate(np.array([0, 1, 1]), np.zeros(3), days=1.0)
+    assert np.isnan(none.mean_delay_steps) and none.events_missed == 1

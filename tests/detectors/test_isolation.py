@@ -12,6 +12,7 @@ from sklearn.ensemble import IsolationForest
 
 from dcwatch.detectors.models.ensemble import EnsembleDetector
 from dcwatch.detectors.models.isolation import IsolationForestDetector, PackedForest
+from dcwatch.detectors.models.onset import OnsetDetector, cusum
 from dcwatch.detectors.models.residual import RobustResidualDetector
 
 
@@ -21,6 +22,9 @@ def detectors() -> list:
         RobustResidualDetector(tail_fraction=0.02),
         EnsembleDetector(n_estimators=30, random_state=0),
         EnsembleDetector(channels=("residual", "pca"), random_state=1),
+        EnsembleDetector(channels=("residual", "iforest", "onset"), n_estimators=20),
+        OnsetDetector(drift=1.0),
+        OnsetDetector(drift=2.0, forget=0.9),
     ]
 
 
@@ -133,3 +137,68 @@ def test_isolation_detector_validates_input(data) -> None:
         det.score_samples(X[:, :3])
     with pytest.raises(ValueError):
         IsolationForestDetector(contamination=0.7).fit(X)
+
+
+def test_onset_cusum_closed_form_equals_the_recursion() -> None:
+    rng = np.random.default_rng(3)
+    E = rng.exponential(0.6, size=(300, 4))
+    E[100:150, 1] += 1.5  # a sustained moderate shift in one column
+    carry = np.array([0.0, 2.0, 0.5, 7.0])
+    c, want = carry.copy(), np.empty_like(E)
+    for i in range(len(E)):
+        c = np.maximum(0.0, c + E[i] - 1.0)
+        want[i] = c
+    np.testing.assert_allclose(cusum(E, 1.0, carry), want, atol=1e-9)
+    leaky, c = cusum(E, 1.0, carry, forget=0.8), carry.copy()
+    for i in range(len(E)):
+        c = np.maximum(0.0, 0.8 * c + E[i] - 1.0)
+        np.testing.assert_allclose(leaky[i], c, atol=1e-12)
+    # Split anywhere, the carry continues the sum exactly.
+    first = cusum(E[:120], 1.0, carry, forget=0.8)
+    rest = cusum(E[120:], 1.0, first[-1], forget=0.8)
+    np.testing.assert_allclose(np.vstack([first, rest]), leaky)
+
+
+def test_onset_finds_a_sustained_moderate_shift_the_residual_misses() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(6000, 3))
+    res = RobustResidualDetector().fit(X)
+    S = res.surprises(X)
+    onset = OnsetDetector(drift=1.0).fit(S)
+    test = rng.normal(size=(400, 3))
+    test[200:260, 0] += 2.2  # about the training 98th percentile: never extreme on its own
+    St = res.surprises(test)
+    peak_before = St[:200].max()
+    assert St[200:260].max(axis=1).mean() < peak_before  # the residual channel sees nothing odd
+    onset_s, carry = onset.stream(St)
+    assert onset_s[230:260].max() > 2 * onset_s[:200].max()
+    assert carry.shape == (6,)
+    # Streamed row by row, the same scores.
+    c = None
+    for i in range(len(St)):
+        row, c = onset.stream(St[i : i + 1], c)
+        np.testing.assert_allclose(row[0], onset_s[i])
+
+
+def test_ensemble_onset_channel_streams_and_round_trips(data) -> None:
+    X, _ = data
+    det = EnsembleDetector(
+        channels=("residual", "iforest", "onset"), n_estimators=20, onset_forget=0.9
+    ).fit(X)
+    assert det.channel_names_ == ["residual", "iforest", "onset"]
+    rows = np.vstack([X[:50], X[50:60] + 2.5])
+    C, S, carry = det.stream(rows)
+    C1, _, c1 = det.stream(rows[:30])
+    C2, _, c2 = det.stream(rows[30:], c1)
+    np.testing.assert_allclose(np.vstack([C1, C2]), C)
+    np.testing.assert_allclose(c2, carry)
+    assert C[-1, 2] > C[:50, 2].max()  # the onset channel rises over the shifted rows
+    # Contributors see each feature's stronger evidence: never less than its residual surprise.
+    assert S.shape == (60, 12) and (det.residual_.surprises(rows) <= S).all()
+    assert (det.residual_.surprises(rows)[-5:] < S[-5:]).any()
+    again = EnsembleDetector.from_state(det.state())
+    np.testing.assert_allclose(again.stream(rows[30:], c1)[0], C2)
+    # A state written before the channel existed still loads, without it.
+    plain = EnsembleDetector(n_estimators=20).fit(X).state()
+    del plain["onset"]
+    assert EnsembleDetector.from_state(plain).initial_carry().shape == (0,)

@@ -82,18 +82,22 @@ def assert_same_results(a: ScoreResult, b: ScoreResult) -> None:
 def assert_same_state(a: NodeModel, b: NodeModel) -> None:
     assert a.alert_ == b.alert_ and a.last_ts_ == b.last_ts_ and a.threshold_ == b.threshold_
     assert np.array_equal(a.score_tail_, b.score_tail_)
+    assert np.array_equal(a.onset_carry_, b.onset_carry_)
     assert np.array_equal(a.history_.ts, b.history_.ts)
     assert np.array_equal(a.history_.values, b.history_.values)
 
 
 @pytest.mark.parametrize(
-    "channels", [("residual", "iforest"), ("residual", "iforest", "pca")], ids=["default", "pca"]
+    "channels",
+    [("residual", "iforest"), ("residual", "iforest", "pca"), ("residual", "iforest", "onset")],
+    ids=["default", "pca", "onset"],
 )
 def test_round_trip_scores_bit_identically_mid_incident(
     data: tuple[pd.DataFrame, pd.DataFrame], channels: tuple[str, ...]
 ) -> None:
     train, test = data
-    model = NodeModel(ModelConfig(n_estimators=30, channels=channels)).fit(train)
+    # A leaky onset sum, so that the alert ends within the test rows.
+    model = NodeModel(ModelConfig(n_estimators=30, channels=channels, onset_forget=0.9)).fit(train)
     # Right after fitting: the training rows' context is the streaming state.
     fresh = NodeModel.loads(model.dumps())
     assert fresh.series == model.series == ["gpu_temperature", "gpu_power", "net_rx"]
@@ -108,6 +112,24 @@ def test_round_trip_scores_bit_identically_mid_incident(
     assert_same_results(expected, restored.score(test.iloc[210:]))
     assert_same_state(model, restored)
     assert restored.fitted_at_ == model.fitted_at_ and restored.train_days_ == model.train_days_
+
+
+def test_version_3_files_still_load_and_score_the_same(
+    data: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    train, test = data
+    model = NodeModel(ModelConfig(n_estimators=30)).fit(train)
+    # A file from before the onset channel: no carried sum, no onset settings, no onset part.
+    state = model.state()
+    del state["onset_carry"]
+    del state["detector"]["onset"]
+    state["config"] = {
+        k: v for k, v in state["config"].items() if k not in ("onset_drift", "onset_forget")
+    }
+    legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 3, state))
+    assert legacy.config == model.config and legacy.onset_carry_.shape == (0,)
+    assert_same_results(legacy.score(test.iloc[:250]), model.score(test.iloc[:250]))
+    assert STATE_VERSION == 4
 
 
 def test_the_format_is_a_zip_of_arrays_naming_no_module(fitted: NodeModel) -> None:
