@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from dcwatch.agent.app import make_app
 from dcwatch.agent.config import AgentConfig, build_parser, config_from_args
+from dcwatch.exporters.base import CollectorDeps
+from dcwatch.exporters.gpu import simulated
 from dcwatch.serve import ListenError, serve_app, setup_logging
 from dcwatch.settings import ConfigError
 
@@ -28,8 +30,9 @@ async def serve(config: AgentConfig, web: WebConfig | None) -> None:
     ssl_ctx = web.ssl_context if web is not None else None
     host, port = config.listen
     log.info("config: %s", config.source)
+    sim = simulated.from_env(os.environ)  # ``dcwatch demo``: simulated GPUs, never otherwise
     await serve_app(
-        make_app(config, web_config=web),
+        make_app(config, web_config=web, deps=CollectorDeps(nvml=sim) if sim else None),
         host,
         port,
         name="dcwatch agent",

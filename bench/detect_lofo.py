@@ -37,6 +37,13 @@ def _dec(**kw: object) -> ModelConfig:
     return replace(DEFAULTS, decisions=replace(DEFAULTS.decisions, **kw))  # type: ignore[arg-type]
 
 
+def _feat(**kw: object) -> ModelConfig:
+    return replace(DEFAULTS, features=replace(DEFAULTS.features, **kw))  # type: ignore[arg-type]
+
+
+LEVEL = ("short", "season", "level")
+
+
 def _onset(
     drift: float, forget: float, channels: tuple[str, ...] = ("residual", "iforest")
 ) -> ModelConfig:
@@ -57,6 +64,11 @@ CANDIDATES: dict[str, ModelConfig] = {
     "onset leaky drift 2, forget 0.9, alerts/week 0.7": replace(
         _onset(2.0, 0.9), decisions=replace(DEFAULTS.decisions, alerts_per_week=0.7)
     ),
+    # Issue #12: sustained faults leave the trailing-median residuals.
+    "level": _feat(kinds=LEVEL),
+    "long window 240": _feat(long_window=240),
+    "release 0.7": _dec(release=0.7),
+    "for 2": _dec(for_points=2),
 }
 
 Result = tuple[ev.Metrics, float]  # pooled metrics, best-threshold point F1

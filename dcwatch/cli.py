@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 from dcwatch.settings import version_line
 
-USAGE = """usage: dcwatch {agent,analyzer,backtest,version} [options]
+USAGE = """usage: dcwatch {agent,analyzer,backtest,demo,version} [options]
 
   agent      serve this node's GPU/power/thermal/network metrics (Prometheus /metrics)
   analyzer   anomaly detection, forecasts and alerts over the fleet's metrics
   backtest   evaluate detectors (backtest detect) or forecasters (backtest forecast) on files
+  demo       a simulated GPU fleet (real agents, the analyzer) to see dcwatch work without GPUs
   version    print the version (also --version, here and after each command)
 
 'dcwatch COMMAND --help' for the options of each.
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dcwatch.agent.__main__ import main as agent_main
 
         return agent_main(rest, argparse.ArgumentParser(prog="dcwatch agent"))
-    if cmd in ("analyzer", "backtest"):
+    if cmd in ("analyzer", "backtest", "demo"):
         if "--version" in rest:  # no need to load the numerical stack (or to have it) for this
             print(version_line())
             return 0
@@ -70,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         from dcwatch.detectors.cli import analyzer_main, backtest_main
 
+        if cmd == "demo":  # a simulated fleet, for a first look on a machine without GPUs
+            from dcwatch.detectors.demo.runner import main as demo_main
+
+            return demo_main(rest)
         return analyzer_main(rest) if cmd == "analyzer" else backtest_main(rest)
     print(f"dcwatch: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2

@@ -23,7 +23,9 @@ from dcwatch.detectors.alerting.alerts import (
     AlertingConfig,
     alerting_config_from,
 )
+from dcwatch.detectors.shard import Shard
 from dcwatch.detectors.sources.prometheus import PrometheusConfig
+from dcwatch.detectors.sources.queries import to_presets
 from dcwatch.detectors.sources.scraper import EmbeddedConfig
 from dcwatch.settings import ConfigError, Setting
 
@@ -55,6 +57,15 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
         st.to_optional_path,
         None,
         "YAML list of named PromQL queries (default: the built-in set)",
+    ),
+    Setting(
+        "queries_preset",
+        to_presets,
+        (),
+        "built-in query sets, combinable: dcwatch, dcgm (dcgm-exporter's DCGM_FI_*), "
+        "node_exporter (node_*); they also choose the default capacity rules. With queries_file "
+        "the file's queries add to them (default: dcwatch; none when queries_file is given)",
+        is_list=True,
     ),
     Setting(
         "targets",
@@ -102,6 +113,19 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
         st.to_int,
         16 << 30,
         "bytes the embedded store may use; past it the oldest scrapes are deleted first",
+    ),
+    Setting(
+        "shard.index",
+        st.to_int,
+        0,
+        "this analyzer's shard (0..shard.count-1): it watches the nodes whose instance hashes to "
+        "it; two analyzers with the same shard settings are an HA pair",
+    ),
+    Setting(
+        "shard.count",
+        st.to_int,
+        1,
+        "analyzers splitting the fleet by Prometheus' hashmod of the instance (1: no sharding)",
     ),
     Setting("prometheus.url", st.to_str, "", "read from this Prometheus instead of scraping"),
     Setting("prometheus.bearer_token", st.to_str, "", "bearer token", secret=True),
@@ -199,11 +223,13 @@ class AnalyzerConfig:
     log_level: str = "info"
     web_config: Path | None = None  # TLS and basic auth (dcwatch.webconfig), read by make_app
     queries_file: Path | None = None
+    queries_preset: tuple[str, ...] = ()  # empty: dcwatch's, or none beside a queries_file
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     prometheus: PrometheusConfig | None = None
     model: ModelSettings = field(default_factory=ModelSettings)
     alerting: AlertingConfig = field(default_factory=lambda: alerting_config_from({}, Path(".")))
     capacity_rules: tuple[Any, ...] = ()  # raw rule mappings, parsed by detectors/capacity.py
+    shard: Shard = field(default_factory=Shard)  # also in embedded and prometheus: they filter
     source: str = "flags/env"
 
     @property
@@ -238,16 +264,28 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
     state_dir: Path = v["state_dir"]
     _check_state_dir(state_dir, where)
     _check_targets(v["targets"], v["targets_file"], where)
-    _check_queries_file(v["queries_file"], where)
+    _check_queries_file(v["queries_file"], where, v["queries_preset"])
 
     def section(prefix: str) -> dict[str, Any]:
         return {k[len(prefix) + 1 :]: val for k, val in v.items() if k.startswith(prefix + ".")}
 
     try:
+        shard = Shard(v["shard.index"], v["shard.count"])
+    except ValueError as e:
+        raise ConfigError(f"{where}: section 'shard': {e}") from None
+    across = [r.get("name", "?") for r in rules if isinstance(r, dict) and r.get("aggregate")]
+    if across and not shard.whole:
+        raise ConfigError(
+            f"{where}: capacity rule {across[0]!r}: 'aggregate' sums nodes, and a shard sees only "
+            "its own; with shard.count > 1 record the sum in Prometheus (a recording rule whose "
+            "`instance` label names the group: it lands on exactly one shard) and forecast that"
+        )
+    try:
         embedded = EmbeddedConfig(
             targets=v["targets"],
             targets_file=v["targets_file"],
             db_path=state_dir / "embedded.db",
+            shard=shard,
             **section("embedded"),
         )
     except ValueError as e:
@@ -256,7 +294,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
     prometheus = None
     if prom.pop("url"):
         try:
-            prometheus = PrometheusConfig(url=v["prometheus.url"], **prom)
+            prometheus = PrometheusConfig(url=v["prometheus.url"], shard=shard, **prom)
         except ValueError as e:
             raise ConfigError(f"{where}: section 'prometheus': {e}") from None
     model = ModelSettings(**section("model"))
@@ -287,11 +325,13 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Analyz
         log_level=v["log_level"],
         web_config=v["web_config"],
         queries_file=v["queries_file"],
+        queries_preset=v["queries_preset"],
         embedded=embedded,
         prometheus=prometheus,
         model=model,
         alerting=alerting,
         capacity_rules=tuple(rules),
+        shard=shard,
         source=str(file) if file else "flags/env",
     )
 
@@ -344,12 +384,12 @@ def _clean(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-def _check_queries_file(path: Path | None, where: str) -> None:
+def _check_queries_file(path: Path | None, where: str, presets: Sequence[str] = ()) -> None:
     if path is None:
         return
     from dcwatch.detectors.sources.queries import QueryError, load_queries
 
     try:
-        load_queries(path)
+        load_queries(path, presets)  # also refuses a name both in the file and a preset
     except QueryError as e:
         raise ConfigError(f"{where}: key 'queries_file': {_clean(e)}") from None

@@ -26,13 +26,16 @@ from dcwatch.detectors.decisions import Contributor
 from dcwatch.detectors.frame import Frame, split_column
 from dcwatch.detectors.models.fitting import FitBackend, ModelStore, fit_group, report_selection
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
-from dcwatch.detectors.sources.base import Source, SourceError
+from dcwatch.detectors.sources.base import Source, SourceError, fetch_some
+from dcwatch.detectors.timeline import Timeline
 from dcwatch.urls import redact_text
 
 log = logging.getLogger("dcwatch.analyzer")
 
 ANOMALY_ALERT = "DcwatchNodeAnomaly"
 BACKFILL_POINTS = 240  # after a pause, score at most this many missed steps per node
+PROBE_POINTS = 16  # grid times of the probe telling whether (and since when) a node has history
+FIT_BATCH = 200  # nodes read at once for a group's fit (bounds one read's memory)
 
 
 @dataclass
@@ -103,10 +106,12 @@ class Analyzer:
             )
         self.model_config = base
         self.nodes: dict[str, NodeState] = {}
+        self.timeline = Timeline()  # last day of scores per node, for the node page
         self.models = ModelStore(cfg.state_dir / "models")
         self._own_backend = backend is None
         self.backend = backend or FitBackend(cfg.model.workers, cfg.model.dask_scheduler)
         self.pass_duration = 0.0
+        self.pass_phases = {"read": 0.0, "score": 0.0, "send": 0.0}  # of the last pass
         self.passes = 0
         self.source_errors = 0
         self.last_source_error = ""  # why the last read failed (redacted); "" once one succeeds
@@ -121,7 +126,8 @@ class Analyzer:
         if self._own_backend:
             await self.backend.start()
         for instance, model in self.models.load_all().items():
-            self.nodes[instance] = NodeState(instance, status="fitted", model=model)
+            if self.cfg.shard.owns(instance):  # a model left from another shard layout stays out
+                self.nodes[instance] = NodeState(instance, status="fitted", model=model)
         if self.nodes:
             log.info("loaded %d fitted models from %s", len(self.nodes), self.models.dir)
         # Alerts still firing from before a restart are kept; the first pass resolves them
@@ -173,6 +179,8 @@ class Analyzer:
             log.info("source answers again after %d failed passes", self.failing_passes)
         self.last_source_error, self.failing_passes = "", 0
         self.last_source_success = time.time()
+        t_read = time.perf_counter()
+        self.pass_phases["send"] = 0.0
         # New nodes first, so a group's first fit sees all the members that showed up together.
         for instance in frames.keys() - self.nodes.keys():
             self.nodes[instance] = NodeState(instance)
@@ -182,13 +190,18 @@ class Analyzer:
                 self.group_of(instance),
                 self.cfg.model.min_train,
             )
+        due: list[NodeState] = []
         for instance, frame in frames.items():
             node = self.nodes[instance]
             if node.model is not None:
                 await self._score_node(node, frame)
-            self._maybe_fit(node, now)
+            if self._fit_due(node, now):
+                due.append(node)
+        self._start_fits(due, now)
         self._update_staleness(now)
         self.pass_duration = time.perf_counter() - t0
+        self.pass_phases["read"] = t_read - t0
+        self.pass_phases["score"] = self.pass_duration - (t_read - t0) - self.pass_phases["send"]
         self.passes += 1
 
     def _points_needed(self, now: float) -> int:
@@ -213,6 +226,7 @@ class Analyzer:
         node.scored_rows += len(rows)
         if not len(result.ts):
             return
+        self.timeline.record(node.instance, result, model)  # the node page's plots
         node.score = float(result.score[-1])
         was, node.anomaly = node.anomaly, bool(result.is_anomaly[-1])
         if node.anomaly and not was:
@@ -227,7 +241,9 @@ class Analyzer:
         elif was:
             node.contributors, node.device = [], {}
             if node.alert_key:
+                t0 = time.perf_counter()
                 await self.sender.resolve(node.alert_key)
+                self.pass_phases["send"] += time.perf_counter() - t0
             node.alert_key = ""
             log.info("node %s back to normal; alert resolved", node.instance)
 
@@ -264,16 +280,15 @@ class Analyzer:
                 "; ".join(c.describe() for c in node.contributors) or "no detail",
             )
         node.alert_key = alert.key
+        t0 = time.perf_counter()
         await self.sender.fire(alert)
+        self.pass_phases["send"] += time.perf_counter() - t0
 
     # -- fitting ---------------------------------------------------------------------------------
-    def _maybe_fit(self, node: NodeState, now: float) -> None:
-        m = self.cfg.model
+    def _fit_due(self, node: NodeState, now: float) -> bool:
         if node.fitting or now < node.next_fit_try:
-            return
-        due = node.model is None or now - node.model.fitted_at_ >= m.refit_interval
-        if due:
-            self.request_fit(node.instance, now)
+            return False
+        return node.model is None or now - node.model.fitted_at_ >= self.cfg.model.refit_interval
 
     def group_of(self, instance: str) -> str:
         """The node's model group: ``model.group_by``'s first capture group (or whole match) on
@@ -291,35 +306,74 @@ class Analyzer:
         node = self.nodes.get(instance)
         if node is None or node.fitting:
             return False
-        group = self.group_of(instance)
-        members = [
-            n for n in self.nodes.values() if not n.fitting and self.group_of(n.instance) == group
-        ]
-        for n in members:
+        return self._start_fits([node], time.time() if now is None else now) > 0
+
+    def _start_fits(self, nodes: list[NodeState], now: float) -> int:
+        """One background round fitting ``nodes`` with the other members of their groups: one
+        history probe for them all (a few requests, not a few per node), then a fit per group
+        with enough history. Returns the number of groups."""
+        wanted = {self.group_of(n.instance) for n in nodes if not n.fitting}
+        if not wanted:
+            return 0
+        groups: dict[str, list[NodeState]] = {}
+        for n in self.nodes.values():
+            if not n.fitting and (g := self.group_of(n.instance)) in wanted:
+                groups.setdefault(g, []).append(n)
+        for n in (n for members in groups.values() for n in members):
             n.fitting = True
-        task = asyncio.create_task(self._fit(node, members, time.time() if now is None else now))
+        task = asyncio.create_task(self._fit_round(list(groups.values()), now))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
+        return len(groups)
+
+    async def _fit_round(self, groups: list[list[NodeState]], now: float) -> None:
+        """Probe the groups' members, then fit each group's members that have the history."""
+        m = self.cfg.model
+        members = [n for g in groups for n in g]
+        try:
+            since = await self._history_since(members, now)
+        except BaseException as e:
+            for n in members:
+                n.fitting = False
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            self._fit_failed(members, now, e)
+            return
+        later = now + max(m.step, min(300.0, m.min_train / 4))
+        fits = []
+        for g in groups:
+            for n in g:
+                if n.instance not in since:  # cold start: looked at again later, nothing read
+                    n.next_fit_try, n.fitting = later, False
+            ready = [n for n in g if n.instance in since]
+            if ready:
+                fits.append(self._fit(ready, since, now))
+        await asyncio.gather(*fits)
+
+    def _fit_failed(self, members: list[NodeState], now: float, e: BaseException) -> None:
+        error = describe_error(e)
+        for n in members:
+            n.fit_error = error
+            n.next_fit_try = now + 300
+        log.error(
+            "fit of %s failed: %s; keeps its old model, retry in 300s",
+            ", ".join(n.instance for n in members[:10]) + (", ..." if len(members) > 10 else ""),
+            error,
+        )
 
     async def wait_fits(self) -> None:
         """Wait for the fits under way (tests, shutdown)."""
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _fit(self, node: NodeState, members: list[NodeState], now: float) -> None:
-        """Fit ``node``'s group: each member with ``min_train`` of history; one model per node
-        when the group has a single such member, else one shared detector (``fit_group``)."""
+    async def _fit(self, members: list[NodeState], since: dict[str, float], now: float) -> None:
+        """Fit a group's members that have ``min_train`` of history: one model per node when
+        the group has a single such member, else one shared detector (``fit_group``)."""
         m = self.cfg.model
         try:
             async with self._fit_slots:
-                frames = await self.source.fetch(now - m.train_window, now, m.step)
-                ready: dict[str, Frame] = {}
+                ready = await self._training_frames(members, since, now)
                 for n in members:
-                    frame = frames.get(n.instance)
-                    rows = 0 if frame is None else int(np.isfinite(frame.values).any(axis=1).sum())
-                    if frame is not None and rows * m.step >= m.min_train:
-                        ready[n.instance] = frame
-                    else:  # not enough history yet: stays in cold start, looked at again later
+                    if n.instance not in ready:  # not enough history yet: looked at again later
                         n.next_fit_try = now + max(m.step, min(300.0, m.min_train / 4))
                 if not ready:
                     return
@@ -352,18 +406,51 @@ class Analyzer:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            error = describe_error(e)
-            for n in members:
-                n.fit_error = error
-                n.next_fit_try = now + 300
-            log.error(
-                "fit of %s failed: %s; keeps its old model, retry in 300s",
-                ", ".join(n.instance for n in members),
-                error,
-            )
+            self._fit_failed(members, now, e)
         finally:
             for n in members:
                 n.fitting = False
+
+    async def _history_since(self, members: list[NodeState], now: float) -> dict[str, float]:
+        """When the history of each member with data at or before ``now - min_train`` starts
+        (within a probe step; cold-start members are left out), from two small probes: a
+        coarse one over the training window (``PROBE_POINTS`` grid times per series) and a
+        fine one over its last steps. Nothing is read at full resolution here."""
+        m = self.cfg.model
+        names = [n.instance for n in members]
+        span = m.train_window - m.min_train
+        pstep = max(m.step, span / PROBE_POINTS)
+        end = now - m.min_train
+        first = now - m.train_window
+        since: dict[str, float] = {}
+        # The fine probe looks one step past ``end``: the training read's row count decides.
+        fine = (end - 2 * m.step, end + m.step, m.step, end - pstep)
+        for lo, hi, step, earliest in (fine, (first, end, pstep, None)):
+            probe = await fetch_some(self.source, lo, hi, step, names)
+            for inst, f in probe.items():
+                has = np.isfinite(f.values).any(axis=1)
+                if has.any():
+                    t = float(f.times[np.argmax(has)]) - pstep if earliest is None else earliest
+                    since[inst] = max(first, min(t, since.get(inst, t)))
+            del probe
+        return since
+
+    async def _training_frames(
+        self, members: list[NodeState], since: dict[str, float], now: float
+    ) -> dict[str, Frame]:
+        """The members' training frames, each from where its history starts, ``FIT_BATCH``
+        nodes per read; only those with ``min_train`` of rows. A fit never reads the fleet, nor
+        the training window of a node in cold start."""
+        m = self.cfg.model
+        order = sorted((n.instance for n in members), key=since.__getitem__)  # like starts
+        ready: dict[str, Frame] = {}
+        for lo in range(0, len(order), FIT_BATCH):
+            batch = order[lo : lo + FIT_BATCH]
+            frames = await fetch_some(self.source, since[batch[0]], now, m.step, batch)
+            for inst, frame in frames.items():
+                if inst in since and _rows(frame) * m.step >= m.min_train:
+                    ready[inst] = frame
+        return ready
 
     def _alerted_rows(self, node: NodeState, times: np.ndarray) -> np.ndarray | None:
         """Rows of the training window that fell inside an alert (not to be learnt as normal)."""
@@ -423,6 +510,11 @@ class Analyzer:
         if self.last_source_success is None and not self.last_source_error:
             info.append("waiting for the first read of the source")
         return Health(tuple(reasons), tuple(info), self.last_source_success is not None)
+
+
+def _rows(frame: Frame) -> int:
+    """Rows with at least one value."""
+    return int(np.isfinite(frame.values).any(axis=1).sum())
 
 
 def describe_error(e: BaseException) -> str:

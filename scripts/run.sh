@@ -5,10 +5,16 @@
 #   agent     http://127.0.0.1:9478/         (/metrics, /healthz)
 #   analyzer  http://127.0.0.1:9479/         (overview page: nodes, scores, alerts, forecasts)
 #   alerts    http://127.0.0.1:9093/#/alerts (Alertmanager) and var/alerts.jsonl
+# bash scripts/run.sh --demo: a simulated fleet instead (no GPU needed), same analyzer URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p var
+# --demo: a simulated GPU fleet (real agents, simulated NVML, faults) instead of this machine.
+if [ "${1:-}" = "--demo" ]; then
+  shift
+  exec .venv/bin/dcwatch demo --listen 127.0.0.1:9479 --dir var/demo "$@"
+fi
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM

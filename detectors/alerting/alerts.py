@@ -275,7 +275,7 @@ def build_alert(
     ann |= dict(annotations or {})
     gen = config.external_url.rstrip("/")
     if gen:
-        gen += "/?" + urllib.parse.urlencode({"instance": instance})
+        gen += "/node/" + urllib.parse.quote(instance, safe="")  # the node page explains it
     return Alert(lab, ann, gen)
 
 

@@ -28,6 +28,7 @@ from dcwatch.detectors.alerting.alertmanager import (
     clients_from_config,
 )
 from dcwatch.detectors.alerting.alerts import Alert, AlertingConfig, AlertRecord, alert_payload
+from dcwatch.detectors.alerting.history import AlertHistory
 from dcwatch.detectors.alerting.log import AlertLog, log_entry
 from dcwatch.detectors.alerting.queue import AlertStore
 from dcwatch.exposition import Families, MetricSpec
@@ -70,6 +71,7 @@ class AlertSender:
         self.targets: list[AlertmanagerClient] = []
         self.backoff = Backoff(config.retry_initial, config.retry_max)
         self.store = AlertStore(config.state_dir)
+        self.history = AlertHistory(config.state_dir)  # fired/resolved, kept 30 days
         path = config.alert_log_path
         self.alert_log = AlertLog(path) if path else None
         self.log_stats = DeliveryStats(LOG_TARGET)
@@ -108,6 +110,7 @@ class AlertSender:
             self._session = None
         if self._executor is not None:
             await self._io(self.store.close)
+            await self._io(self.history.close)
             self._executor.shutdown(wait=True)
             self._executor = None
 
@@ -176,6 +179,10 @@ class AlertSender:
         return [r for r in self._records.values() if r.firing]
 
     async def _changed(self, rec: AlertRecord, now: float) -> None:
+        try:
+            await self._io(self.history.record, rec, now)
+        except Exception as e:  # history is a convenience: alerting goes on without it
+            log.error("alert history %s: cannot write (%s)", self.history.path, e)
         state = "firing" if rec.firing else "resolved"
         labels = " ".join(f"{k}={v}" for k, v in rec.alert.labels.items())
         level = logging.INFO if self.targets else logging.WARNING

@@ -22,8 +22,12 @@ capacity that counts as full (``threshold``) and how far ahead to look (``horizo
         capacity: 30000
       - defaults: {node_power_budget: 2400} # include the built-in rules (below)
 
-Without any rule the built-in ones apply (:func:`default_rules`): GPU memory, GPU power against
-its limit, network links against their speed and, given a budget, node power. The other keys
+Without any rule the built-in ones apply (:func:`default_rules`) for the query presets chosen
+with ``queries_preset`` (see :mod:`~dcwatch.detectors.sources.queries`): for ``dcwatch``, GPU
+memory, GPU power against its limit, network links against their speed and, given a budget, node
+power; for ``dcgm``, GPU memory (``DCGM_FI_DEV_FB_USED`` against used + free: PromQL, so with
+Prometheus only); for ``node_exporter``, network links against ``node_network_speed_bytes`` and,
+given a budget, the node's hwmon power. The other keys
 (defaults in :class:`CapacityRule`): ``title``, ``unit`` (bytes, watts, bytes_per_second, ratio;
 guessed from the metric name), ``forecaster`` (arima, linear, naive, seasonal-naive) and
 ``window`` (linear's fitting window), ``step``, ``history``, ``min_history``, ``refit`` and
@@ -45,7 +49,14 @@ from dcwatch.detectors.models.forecast import (
     NaiveForecaster,
     SeasonalNaiveForecaster,
 )
-from dcwatch.detectors.sources.queries import AGGREGATIONS, NamedQuery, QueryError, parse_queries
+from dcwatch.detectors.sources.queries import (
+    AGGREGATIONS,
+    DEFAULT_PRESETS,
+    PRESETS,
+    NamedQuery,
+    QueryError,
+    parse_queries,
+)
 from dcwatch.settings import ConfigError
 
 HOUR, DAY = 3600.0, 86400.0
@@ -117,13 +128,48 @@ class CapacityRule:
         return ArimaForecaster(step=self.step)
 
 
-def default_rules(node_power_budget: float | None = None) -> tuple[CapacityRule, ...]:
-    """The built-in rules; node power only when a per-node budget (watts) is given.
+def default_rules(
+    node_power_budget: float | None = None, presets: Sequence[str] = ()
+) -> tuple[CapacityRule, ...]:
+    """The built-in rules of the query ``presets`` (default: dcwatch's); node power only when a
+    per-node budget (watts) is given.
 
     They forecast hourly trailing means: a GPU at its power cap for a minute, a job filling
     memory for a moment or a burst on a link is normal; the hour's average reaching 90 % (95 %
     for GPU power, which sits near its limit under load) is what runs out."""
-    rules = [
+    rules: list[CapacityRule] = []
+    for preset in dict.fromkeys(presets or DEFAULT_PRESETS):
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown query preset {preset!r}; known: {', '.join(PRESETS)}")
+        rules += _PRESET_RULES[preset](node_power_budget)
+    return tuple(rules)
+
+
+def _network_rules(prefix: str, metric: str, speed: str, title: str) -> list[CapacityRule]:
+    return [
+        CapacityRule(
+            f"{prefix}network_{way}",
+            f"rate({metric.format(way)}[5m])",
+            speed,
+            per="device",
+            title=f"Network {way}{title}",
+            unit="bytes_per_second",
+            smooth=HOUR,
+        )
+        for way in ("receive", "transmit")
+    ]
+
+
+def _node_power_rule(name: str, series: str, budget: float | None) -> list[CapacityRule]:
+    if budget is None:
+        return []
+    return [
+        CapacityRule(name, series, float(budget), title="Node power", unit="watts", smooth=HOUR)
+    ]
+
+
+def _dcwatch_rules(budget: float | None) -> list[CapacityRule]:
+    return [
         CapacityRule(
             "gpu_memory",
             "dcwatch_gpu_memory_used_bytes",
@@ -143,37 +189,49 @@ def default_rules(node_power_budget: float | None = None) -> tuple[CapacityRule,
             unit="watts",
             smooth=HOUR,
         ),
-        CapacityRule(
-            "network_receive",
-            "rate(dcwatch_network_receive_bytes_total[5m])",
-            "dcwatch_network_speed_bytes_per_second",
-            per="device",
-            title="Network receive",
-            unit="bytes_per_second",
-            smooth=HOUR,
+        *_network_rules(
+            "", "dcwatch_network_{}_bytes_total", "dcwatch_network_speed_bytes_per_second", ""
         ),
+        *_node_power_rule("node_power", "max by (instance) (dcwatch_node_power_watts)", budget),
+    ]
+
+
+def _dcgm_rules(budget: float | None) -> list[CapacityRule]:
+    # dcgm-exporter reports framebuffer sizes in MiB and no total: the capacity is used + free,
+    # which only Prometheus evaluates (the embedded source skips the rule, with one log line).
+    mib = 1 << 20
+    return [
         CapacityRule(
-            "network_transmit",
-            "rate(dcwatch_network_transmit_bytes_total[5m])",
-            "dcwatch_network_speed_bytes_per_second",
-            per="device",
-            title="Network transmit",
-            unit="bytes_per_second",
+            "dcgm_gpu_memory",
+            f"sum by (instance, gpu) (DCGM_FI_DEV_FB_USED) * {mib}",
+            f"sum by (instance, gpu) (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE) * {mib}",
+            per="gpu",
+            title="GPU memory (dcgm)",
+            unit="bytes",
             smooth=HOUR,
+        )
+    ]
+
+
+def _node_exporter_rules(budget: float | None) -> list[CapacityRule]:
+    return [
+        *_network_rules(
+            "node_exporter_",
+            "node_network_{}_bytes_total",
+            "node_network_speed_bytes",
+            " (node_exporter)",
+        ),
+        *_node_power_rule(
+            "node_exporter_node_power", "max by (instance) (node_hwmon_power_average_watt)", budget
         ),
     ]
-    if node_power_budget is not None:
-        rules.append(
-            CapacityRule(
-                "node_power",
-                "max by (instance) (dcwatch_node_power_watts)",
-                float(node_power_budget),
-                title="Node power",
-                unit="watts",
-                smooth=HOUR,
-            )
-        )
-    return tuple(rules)
+
+
+_PRESET_RULES = {
+    "dcwatch": _dcwatch_rules,
+    "dcgm": _dcgm_rules,
+    "node_exporter": _node_exporter_rules,
+}
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -297,15 +355,18 @@ def parse_rule(raw: Any, where: str) -> CapacityRule:
     return rule
 
 
-def parse_rules(raw: Sequence[Any], where: str = "capacity_rules") -> tuple[CapacityRule, ...]:
-    """The rules of a config file's ``capacity_rules`` list; the defaults when it is empty."""
+def parse_rules(
+    raw: Sequence[Any], where: str = "capacity_rules", presets: Sequence[str] = ()
+) -> tuple[CapacityRule, ...]:
+    """The rules of a config file's ``capacity_rules`` list; when it is empty, the defaults of
+    the query ``presets`` (default: dcwatch's)."""
     if not raw:
-        return default_rules()
+        return default_rules(presets=presets)
     rules: list[CapacityRule] = []
     for i, entry in enumerate(raw):
         at = f"{where}[{i}]"
         if isinstance(entry, Mapping) and "defaults" in entry:
-            rules += _defaults_entry(entry, at)
+            rules += _defaults_entry(entry, at, presets)
         else:
             rules.append(parse_rule(entry, at))
     seen: set[str] = set()
@@ -316,18 +377,22 @@ def parse_rules(raw: Sequence[Any], where: str = "capacity_rules") -> tuple[Capa
     return tuple(rules)
 
 
-def _defaults_entry(entry: Mapping[str, Any], where: str) -> tuple[CapacityRule, ...]:
-    """``defaults: true`` / ``false`` / ``{node_power_budget: W}``: the built-in rules or none."""
+def _defaults_entry(
+    entry: Mapping[str, Any], where: str, presets: Sequence[str]
+) -> tuple[CapacityRule, ...]:
+    """``defaults: true`` / ``false`` / ``{node_power_budget: W}``: the built-in rules (of the
+    query presets) or none."""
     if set(entry) != {"defaults"}:
         raise ConfigError(f"{where}: key 'defaults': must stand alone in its entry")
     v = entry["defaults"]
     if v is False:
         return ()
     if v is True:
-        return default_rules()
+        return default_rules(presets=presets)
     if isinstance(v, Mapping) and set(v) <= {"node_power_budget"}:
         budget = v.get("node_power_budget")
         if budget is None:
-            return default_rules()
-        return default_rules(_convert(v, "node_power_budget", st.to_positive_float, where))
+            return default_rules(presets=presets)
+        watts = _convert(v, "node_power_budget", st.to_positive_float, where)
+        return default_rules(watts, presets)
     raise ConfigError(f"{where}: key 'defaults': expected true, false or {{node_power_budget: W}}")

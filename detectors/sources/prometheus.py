@@ -10,6 +10,12 @@ request of a fetch fails does ``fetch`` raise :class:`~dcwatch.detectors.sources
 Values that are not finite (``NaN``, ``±Inf``) become ``NaN``, "no data" in a frame, and are
 counted in ``nonfinite_values``. Credentials in the URL are used as basic auth and never shown.
 
+Sharded (``shard``), or asked for some instances (a fit), the source lists the instances
+through ``/api/v1/label/instance/values`` (Prometheus' index: no samples read) and adds
+``instance=~"a|b|..."`` to each query's selectors (:mod:`~dcwatch.detectors.sources.promql`), at
+most ``instance_batch`` instances per request, so Prometheus reads only those nodes' series and
+no answer grows with the fleet.
+
 Decoding answers is the expensive part (about 1 s per million points, half of it the garbage
 collector walking fresh lists), so it runs off the event loop with the collector paused, and uses
 orjson when it happens to be installed (not a dependency: it saves another ~25%).
@@ -23,11 +29,13 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import random
+import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +51,9 @@ from dcwatch.detectors.frame import (
     latest_range,
     make_grid,
 )
+from dcwatch.detectors.shard import Shard
 from dcwatch.detectors.sources.base import SourceError, TargetStatus
+from dcwatch.detectors.sources.promql import metric_names, with_instances
 from dcwatch.detectors.sources.queries import NamedQuery, load_queries
 from dcwatch.urls import redact_text, redact_url, redacted_repr, url_credentials
 
@@ -82,6 +92,9 @@ class PrometheusConfig:
     backoff: float = 0.5  # first retry delay; doubles, capped at 10 s
     concurrency: int = 4  # requests in flight
     max_response_bytes: int = MAX_RESPONSE_BYTES  # per answer, decompressed
+    shard: Shard = field(default_factory=Shard)  # the nodes this analyzer watches
+    instance_batch: int = 1000  # instances named in one request
+    instances_refresh: float = 60.0  # seconds between two listings of the instances
 
     __repr__ = redacted_repr  # URLs may carry a password
 
@@ -101,6 +114,8 @@ class PrometheusConfig:
             raise ValueError("max_response_bytes must be >= 1024")
         if not 2 <= self.max_points <= PROMETHEUS_MAX_POINTS:
             raise ValueError(f"max_points must be in 2..{PROMETHEUS_MAX_POINTS}")
+        if self.instance_batch < 1:
+            raise ValueError("instance_batch must be >= 1")
         if self.retries < 0 or self.concurrency < 1 or not self.timeout > 0:
             raise ValueError("retries >= 0, concurrency >= 1 and timeout > 0 are required")
 
@@ -195,6 +210,18 @@ def _series(i: int, r: Any) -> Series | None:
     return labels, ts, vals
 
 
+def _decode_values(body: bytes) -> list[str]:
+    """A label values answer (``/api/v1/label/<name>/values``) as a list of strings."""
+    try:
+        doc = _loads(body)
+    except ValueError as e:
+        raise BadAnswer(f"not JSON ({_short(e)})") from None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("status") != "success" or not isinstance(data, list):
+        raise BadAnswer("not a label values answer")
+    return [v for v in data if isinstance(v, str)]
+
+
 def _decode_counted(body: bytes) -> tuple[list[Series], int]:
     """:func:`decode_matrix` and the number of non-finite samples it turned into NaN."""
     series = decode_matrix(body)
@@ -246,10 +273,14 @@ class PrometheusSource:
         self.retries = 0
         self.bad_answers = 0  # answers that were not a well-formed matrix (each retry counts)
         self.nonfinite_values = 0  # NaN and ±Inf samples received, kept out as NaN
+        # cumulative seconds: "wait" for answers (Prometheus' work and the transfer), "decode"
+        # (JSON to arrays, off the loop), "align" (arrays onto the grid, frames built)
+        self.seconds = {"wait": 0.0, "decode": 0.0, "align": 0.0}
         self._url, self._url_auth = url_credentials(config.url)
         self.name = f"prometheus {self._url}"  # for messages: no credentials
         self._warned: set[tuple[str, str]] = set()
         self._root = self  # a view's root is the source whose session it shares
+        self._listed: tuple[float, list[str]] = (-math.inf, [])  # (monotonic time, instances)
 
     async def start(self) -> None:
         if self._root is not self:
@@ -331,29 +362,47 @@ class PrometheusSource:
         headers: dict[str, str] | None = None,
     ) -> list[Series]:
         """One ``query_range`` request, retried on transient failures."""
+        params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        series, nonfinite = await self._call("query_range", params, _decode_counted, headers)
+        if nonfinite:
+            self.nonfinite_values += nonfinite
+            self._warn_once(query[:120], "answers NaN or ±Inf samples: kept out as no data")
+        return series
+
+    async def _call(
+        self,
+        path: str,
+        params: dict[str, str],
+        decode: Callable[[bytes], Any],
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """GET (POST, form-encoded, when the parameters are long: a query naming a thousand
+        instances) ``/api/v1/<path>``, the answer decoded off the loop, retried as above."""
         root = self._root
         if root._session is None:
             await root.start()
         session = root._session
         assert session is not None
         headers = self._auth() if headers is None else headers
-        params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-        url = self._url.rstrip("/") + "/api/v1/query_range"
+        url = self._url.rstrip("/") + "/api/v1/" + path
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+        post = sum(len(v) for v in params.values()) > 4000
         attempt = 0
         while True:
             self.requests += 1
             try:
-                async with session.get(url, params=params, headers=headers, timeout=timeout) as r:
+                kw: dict[str, Any] = {"data": params} if post else {"params": params}
+                t0 = time.perf_counter()
+                async with session.request(
+                    "POST" if post else "GET", url, headers=headers, timeout=timeout, **kw
+                ) as r:
                     status, body = r.status, await self._read(r)
+                t1 = time.perf_counter()
+                self.seconds["wait"] += t1 - t0
                 if status == 200:  # decoded with the connection back in the pool
-                    series, nonfinite = await asyncio.to_thread(_decode_counted, body)
-                    if nonfinite:
-                        self.nonfinite_values += nonfinite
-                        self._warn_once(
-                            query[:120], "answers NaN or ±Inf samples: kept out as no data"
-                        )
-                    return series
+                    out = await asyncio.to_thread(decode, body)
+                    self.seconds["decode"] += time.perf_counter() - t1
+                    return out
                 err = f"HTTP {status}: {_error_text(body)}"
                 if status not in RETRY_STATUSES:
                     raise QueryError(err)
@@ -367,31 +416,68 @@ class PrometheusSource:
             delay = min(self.config.backoff * 2**attempt, 10.0) * (0.5 + random.random() / 2)
             attempt += 1
             self.retries += 1
-            log.debug("query_range: %s; retry %d in %.2fs", err, attempt, delay)
+            log.debug("%s: %s; retry %d in %.2fs", path, err, attempt, delay)
             await asyncio.sleep(delay)
 
-    async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]:
+    async def instances(self) -> list[str]:
+        """The instances of this source's shard that Prometheus has series of in the last 15
+        minutes, from its index (no samples read); listed at most every ``instances_refresh``
+        seconds, the last list kept while a listing fails."""
+        at, listed = self._listed
+        if time.monotonic() - at < self.config.instances_refresh:
+            return listed
+        names = sorted({n for q in self.queries for n in metric_names(q.query) if n})
+        match = '{__name__=~"' + "|".join(re.escape(n) for n in names) + '"}' if names else "up"
+        now = time.time()
+        params = {"match[]": match, "start": f"{now - 900:.3f}", "end": f"{now:.3f}"}
+        try:
+            values = await self._call("label/instance/values", params, _decode_values)
+        except (QueryError, SourceError) as e:
+            if at == -math.inf:
+                raise SourceError(f"{self.name}: cannot list instances: {e}") from None
+            log.warning("cannot list instances (%s); keeping the last %d", e, len(listed))
+            return listed
+        self._listed = (time.monotonic(), self.config.shard.select(values))
+        return self._listed[1]
+
+    async def fetch(
+        self, start: float, end: float, step: float, instances: Collection[str] | None = None
+    ) -> dict[str, Frame]:
         grid = make_grid(start, end, step)
         if not len(grid):
             return {}
-        headers = self._auth()
+        if instances is None and not self.config.shard.whole:
+            instances = await self.instances()
+        headers = self._auth()  # before the listing's await would be as good; once per fetch
         sem = asyncio.Semaphore(self.config.concurrency)
         cols: dict[str, dict[ColumnKey, np.ndarray]] = {}
+        if instances is None:
+            batches: list[list[str] | None] = [None]
+        else:
+            wanted = sorted(instances)
+            if not wanted:
+                return {}
+            size = self.config.instance_batch
+            batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
 
-        async def one(qi: int, q: NamedQuery, lo: int, hi: int) -> str:
+        async def one(qi: int, q: NamedQuery, batch: list[str] | None, lo: int, hi: int) -> str:
+            query = q.query if batch is None else with_instances(q.query, batch) or q.query
             async with sem:
                 try:
                     series = await self.query_range(
-                        q.query, grid[lo], grid[hi - 1], step, headers=headers
+                        query, grid[lo], grid[hi - 1], step, headers=headers
                     )
                 except (QueryError, SourceError) as e:
                     return str(e)
-            self._place(cols, grid, lo, hi, step, qi, q, series)
+            t0 = time.perf_counter()
+            self._place(cols, grid, lo, hi, step, qi, q, series, batch)
+            self.seconds["align"] += time.perf_counter() - t0
             return ""
 
         jobs = [
-            (q, one(qi, q, lo, hi))
+            (q, one(qi, q, batch, lo, hi))
             for qi, q in enumerate(self.queries)
+            for batch in batches
             for lo, hi in chunks(len(grid), self.config.max_points)
         ]
         results = await asyncio.gather(*(j for _, j in jobs))
@@ -403,7 +489,10 @@ class PrometheusSource:
         self._note_errors(failed)
         if failed and len(failed) == len(self.queries):
             raise SourceError(f"{self.name}: every query failed: {next(iter(failed.values()))}")
-        return build_frames(grid, cols)
+        t0 = time.perf_counter()
+        frames = build_frames(grid, cols)
+        self.seconds["align"] += time.perf_counter() - t0
+        return frames
 
     def _place(
         self,
@@ -415,11 +504,16 @@ class PrometheusSource:
         qi: int,
         q: NamedQuery,
         series: list[Series],
+        batch: list[str] | None = None,
     ) -> None:
-        """Put one chunk's series on the grid, combining series that share a column."""
+        """Put one chunk's series on the grid, combining series that share a column (only the
+        ``batch``'s instances, when one is given: a query the rewrite could not restrict)."""
         groups: dict[tuple[str, str | None], list[np.ndarray]] = {}
+        keep = None if batch is None else set(batch)
         for labels, ts, vals in series:
             instance = labels.get("instance")
+            if keep is not None and instance is not None and instance not in keep:
+                continue
             if instance is None:
                 self._warn_once(
                     q.name,

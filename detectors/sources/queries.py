@@ -17,6 +17,12 @@ embedded source cannot run PromQL, so it understands the simple forms above: an 
 with label matchers. A query beyond that is Prometheus-only (the embedded source skips it, with one
 log line). Series of one node that land in one column are combined with ``agg`` (default: the
 query's outer aggregation, else ``sum``) by both sources.
+
+Presets are built-in query sets for the exporters a fleet may already run (:data:`PRESETS`):
+``dcwatch`` (the agent's names, ``default_queries.yaml``), ``dcgm`` (NVIDIA dcgm-exporter's
+``DCGM_FI_*``) and ``node_exporter`` (``node_*``), in ``presets/``. :func:`load_queries` reads the
+union of the chosen presets and a query file; each preset's names carry its own prefix, and a
+name given twice is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import yaml
 
 from dcwatch import durations
+from dcwatch import settings as st
 
 log = logging.getLogger("dcwatch.analyzer.queries")
 
@@ -51,6 +58,14 @@ _MATCHER_RE = re.compile(r'\s*([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)
 _LABEL_RE = re.compile(r'([A-Za-z_]\w*)\s*=\s*"((?:[^"\\]|\\.)*)"')
 
 DEFAULT_QUERIES_FILE = "default_queries.yaml"
+# Built-in query sets by name, files next to this module (package data).
+PRESET_FILES = {
+    "dcwatch": DEFAULT_QUERIES_FILE,
+    "dcgm": "presets/dcgm.yaml",
+    "node_exporter": "presets/node_exporter.yaml",
+}
+PRESETS = tuple(PRESET_FILES)
+DEFAULT_PRESETS = ("dcwatch",)
 
 
 class QueryError(ValueError):
@@ -183,20 +198,63 @@ def parse_queries(data: Any, source: str = "queries") -> tuple[NamedQuery, ...]:
     return out
 
 
-def load_queries(path: Path | str | None = None) -> tuple[NamedQuery, ...]:
-    """Queries from ``path``, or the built-in default set when ``path`` is None."""
-    if path is None:
-        # Next to this module (package data): works for wheels and editable installs alike.
-        text = (Path(__file__).parent / DEFAULT_QUERIES_FILE).read_text()
-        source = f"detectors/{DEFAULT_QUERIES_FILE}"
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise QueryError(f"cannot read queries file {path}: {e.strerror or e}") from e
-        except UnicodeDecodeError:
-            raise QueryError(f"queries file {path}: not UTF-8 text") from None
-        source = str(path)
+def to_presets(v: Any) -> tuple[str, ...]:
+    """The ``queries_preset`` setting: a list or comma-separated string of preset names."""
+    names = tuple(dict.fromkeys(n.lower() for n in st.to_str_list(v)))
+    unknown = [n for n in names if n not in PRESET_FILES]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
+    return names
+
+
+def preset_queries(name: str) -> tuple[NamedQuery, ...]:
+    """The queries of one built-in preset."""
+    if name not in PRESET_FILES:
+        raise QueryError(f"unknown query preset {name!r}; known: {', '.join(PRESETS)}")
+    # Next to this module (package data): works for wheels and editable installs alike.
+    rel = PRESET_FILES[name]
+    return _parse_text((Path(__file__).parent / rel).read_text(), f"detectors/sources/{rel}")
+
+
+def load_queries(
+    path: Path | str | None = None, presets: Sequence[str] = ()
+) -> tuple[NamedQuery, ...]:
+    """The union of the ``presets``' queries and those of the file at ``path``.
+
+    Without presets: the file's queries alone (a file replaces the built-in set, as it always
+    has), or the ``dcwatch`` preset when there is no file either. A query name found twice
+    (in two presets, or in a preset and the file) is a QueryError naming both places."""
+    chosen = tuple(presets) or (() if path is not None else DEFAULT_PRESETS)
+    parts = [(f"preset {p}", preset_queries(p)) for p in dict.fromkeys(chosen)]
+    if path is not None:
+        parts.append((f"queries file {path}", _load_file(path)))
+    if len(parts) == 1:
+        return parts[0][1]
+    where: dict[str, str] = {}
+    out: list[NamedQuery] = []
+    for source, queries in parts:
+        for q in queries:
+            if q.name in where:
+                raise QueryError(
+                    f"query name {q.name!r} is in both {where[q.name]} and {source}; "
+                    "rename the one in the file"
+                )
+            where[q.name] = source
+            out.append(q)
+    return tuple(out)
+
+
+def _load_file(path: Path | str) -> tuple[NamedQuery, ...]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise QueryError(f"cannot read queries file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError:
+        raise QueryError(f"queries file {path}: not UTF-8 text") from None
+    return _parse_text(text, str(path))
+
+
+def _parse_text(text: str, source: str) -> tuple[NamedQuery, ...]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
+from dcwatch.detectors.shard import Shard
 from dcwatch.detectors.sources.parse import Parsed, ParseError, parse_body
 from dcwatch.detectors.sources.store import AsyncStore, Scrape, Store
 from dcwatch.detectors.sources.targets import (
@@ -56,6 +57,7 @@ class EmbeddedConfig:
     body_size_limit: int = 16 * MiB  # bytes of one scrape, after decompression
     sample_limit: int = 20_000  # samples of one scrape, kept or not
     max_db_bytes: int = 16 << 30  # store size; past it the oldest scrapes go first
+    shard: Shard = field(default_factory=Shard)  # targets of other shards are not scraped
 
     def __post_init__(self) -> None:
         if not 0 < self.scrape_timeout <= self.scrape_interval:
@@ -139,7 +141,7 @@ class Scraper:
         old = self.targets
         new: dict[str, TargetState] = {}
         for t in targets:
-            if t.url in new:
+            if t.url in new or not self.config.shard.owns(t.instance):
                 continue
             st = old.get(t.url) or TargetState(t, t.instance)
             st.target = t  # its credentials or TLS may have changed

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import sqlite3
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Collection, Container, Sequence
 from typing import TYPE_CHECKING
 
 from dcwatch.detectors.frame import Frame, frames_from_samples, latest_range, make_grid
@@ -125,7 +125,9 @@ class EmbeddedSource:
             await session.close()
         await self.store.close()
 
-    async def fetch(self, start: float, end: float, step: float) -> dict[str, Frame]:
+    async def fetch(
+        self, start: float, end: float, step: float, instances: Collection[str] | None = None
+    ) -> dict[str, Frame]:
         grid = make_grid(start, end, step)
         if not len(grid):
             return {}
@@ -135,7 +137,7 @@ class EmbeddedSource:
         names, queries = self._names, self.queries
 
         def build(store: Store) -> dict[str, Frame]:
-            samples = store.read(lo, grid[-1], names=names)
+            samples = store.read(lo, grid[-1], instances, names=names)
             return frames_from_samples(samples, queries, grid, lookback)
 
         ok, why = self.health()

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -28,25 +29,23 @@ from dcwatch.detectors.models.fitting import FitBackend
 from dcwatch.detectors.service import Analyzer
 from dcwatch.detectors.sources.base import Source
 from dcwatch.detectors.sources.queries import NamedQuery, load_queries, needed_metrics
+from dcwatch.detectors.web.history import alerts_handler
+
+# The keys live in .keys: the page modules use them without importing this module.
+from dcwatch.detectors.web.keys import ANALYZER, BACKEND, PLANNER, SENDER, SOURCE, STARTED
 from dcwatch.detectors.web.metrics import analyzer_families
-from dcwatch.detectors.web.page import render_overview
+from dcwatch.detectors.web.node_page import node_handler
+from dcwatch.detectors.web.page import overview_handler
 from dcwatch.exposition import metrics_response
 from dcwatch.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("dcwatch.analyzer")
 
-SOURCE: web.AppKey[Source] = web.AppKey("source")
-SENDER = web.AppKey("sender", AlertSender)
-BACKEND = web.AppKey("backend", FitBackend)
-ANALYZER = web.AppKey("analyzer", Analyzer)
-STARTED = web.AppKey("started", float)
-PLANNER = web.AppKey("planner", CapacityPlanner)
-
 
 def make_source(cfg: AnalyzerConfig, extra: Sequence[NamedQuery] = ()) -> Source:
     """The configured source; ``extra`` queries (capacity rules') are evaluated on their own
     but the embedded store must keep their metrics too."""
-    queries = load_queries(cfg.queries_file)
+    queries = load_queries(cfg.queries_file, cfg.queries_preset)
     if cfg.prometheus is not None:
         from dcwatch.detectors.sources.prometheus import PrometheusSource
 
@@ -96,7 +95,7 @@ def make_app(
     middlewares = web_config.middlewares() if web_config is not None else []
     app = web.Application(middlewares=[*middlewares, cross_origin_middleware])
     app[STARTED] = time.time()
-    rules: tuple[CapacityRule, ...] = parse_rules(cfg.capacity_rules)
+    rules: tuple[CapacityRule, ...] = parse_rules(cfg.capacity_rules, presets=cfg.queries_preset)
 
     # Each context closes its resource in ``finally``: also when its own start fails half way
     # (every close is safe after a partial start), before the error reaches the runner.
@@ -173,6 +172,8 @@ def make_app(
     app.router.add_get("/healthz", healthz_handler)
     app.router.add_get("/readyz", readyz_handler)
     app.router.add_get("/api/nodes", nodes_handler)
+    app.router.add_get("/node/{instance:.+}", node_handler)
+    app.router.add_get("/api/alerts", alerts_handler)
     app.router.add_post("/api/refit", refit_handler)
     return app
 
@@ -276,6 +277,7 @@ async def nodes_handler(request: web.Request) -> web.Response:
         out.append(
             {
                 "instance": n.instance,
+                "page": "/node/" + urllib.parse.quote(n.instance, safe=""),  # the node page
                 "state": n.status,
                 "score": n.score,
                 "anomaly": n.anomaly,
@@ -295,8 +297,3 @@ async def refit_handler(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"unknown instance {wanted!r}\n")
     started = [i for i in ([wanted] if wanted else list(an.nodes)) if an.request_fit(i)]
     return web.json_response({"refitting": started}, status=202)
-
-
-async def overview_handler(request: web.Request) -> web.Response:
-    html = render_overview(request.app[ANALYZER], request.app[PLANNER])
-    return web.Response(text=html, content_type="text/html")

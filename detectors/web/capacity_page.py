@@ -16,6 +16,7 @@ import numpy as np
 
 from dcwatch.detectors.capacity.series import human_duration
 from dcwatch.detectors.web.markup import plural
+from dcwatch.detectors.web.svg import TimePlot, nice_ticks, time_ticks, unit_scale
 
 if TYPE_CHECKING:
     from dcwatch.detectors.capacity.planner import CapacityPlanner
@@ -24,56 +25,7 @@ if TYPE_CHECKING:
 PLOTS = 12  # plots on the page; the rest are table rows
 TABLE_ROWS = 50
 W, H = 460, 210
-LEFT, RIGHT, TOP, BOTTOM = 64, 14, 26, 36
-
-_PREFIXES = {
-    "bytes": (1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB")),
-    "watts": (1000.0, ("W", "kW", "MW")),
-    "bytes_per_second": (1000.0, ("B/s", "kB/s", "MB/s", "GB/s", "TB/s")),
-    "": (1000.0, ("", "k", "M", "G", "T")),
-}
-_X_STEPS = (
-    *(1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800),
-    *(3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400),
-)
-
-
-def unit_scale(unit: str, vmax: float) -> tuple[float, str]:
-    """(divisor, unit text) making ``vmax`` readable: 8.6e10 bytes -> (2**30, "GiB")."""
-    if unit == "ratio":
-        return 0.01, "%"
-    base, names = _PREFIXES.get(unit, _PREFIXES[""])
-    i = 0
-    while i + 1 < len(names) and abs(vmax) >= base ** (i + 1):
-        i += 1
-    return base**i, names[i]
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """Round tick values (1, 2, 5 x 10^k apart) covering ``[lo, hi]``."""
-    span = hi - lo
-    if not span > 0:
-        return [lo]
-    raw = span / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def time_ticks(t0: float, t1: float) -> tuple[list[float], str]:
-    """Tick times at a round interval (about 6 over the span) and their strftime format."""
-    span = t1 - t0
-    step = next((s for s in _X_STEPS if span / s <= 6), _X_STEPS[-1])
-    fmt = "%H:%M:%S" if step < 60 else "%H:%M" if step < 86400 else "%b %d"
-    if step < 86400 <= span:
-        fmt = "%a %H:%M"
-    first = math.ceil(t0 / step) * step
-    return [first + i * step for i in range(int((t1 - first) // step) + 1)], fmt
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.0f}" if abs(v) >= 100 or v == int(v) else f"{v:.3g}"
+__all__ = ["nice_ticks", "plot_svg", "render_capacity", "time_ticks", "unit_scale"]
 
 
 def plot_svg(st: SeriesState, now: float | None = None) -> str:
@@ -95,75 +47,38 @@ def plot_svg(st: SeriesState, now: float | None = None) -> str:
     if not vmax > vmin:
         vmax = vmin + 1.0
     div, unit = unit_scale(rule.unit, vmax)
-    yticks = nice_ticks(vmin / div, vmax / div)
-    vmax = max(vmax, yticks[-1] * div)
-    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
-
-    def x(t: np.ndarray | float) -> np.ndarray | float:
-        return LEFT + (np.asarray(t) - t0) / max(t1 - t0, 1e-9) * pw
-
-    def y(v: np.ndarray | float) -> np.ndarray | float:
-        return TOP + ph - (np.clip(v, vmin, vmax) - vmin) / (vmax - vmin) * ph
-
-    def pts(ts: np.ndarray, vs: np.ndarray) -> str:
-        return " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(x(ts), y(vs), strict=True))  # type: ignore[arg-type]
-
+    vmax = max(vmax, nice_ticks(vmin / div, vmax / div)[-1] * div)
+    # The plot works in display units (GiB, %): ticks land on round numbers of what people read.
+    p = TimePlot(t0, t1, vmin / div, vmax / div, W, H)
+    p.band("band", ft, flo / div, fhi / div)
+    p.line("history", ht, hv / div, st.plot.bucket * 3 if st.plot is not None else math.inf)
+    p.line("forecast", ft, fm / div)
+    if cap is not None and thr is not None:
+        p.hline("capacity", cap / div)
+        p.hline(
+            "threshold",
+            thr / div,
+            f"{rule.threshold:.0%} of capacity",
+            f'data-threshold="{thr:g}"',
+        )
+    p.vline("now", now)
     ex = st.exhaustion
     est = ex.estimate if ex else None
+    if est is not None and thr is not None and now + est <= t1:
+        p.add(
+            f'<circle class="exhaustion" cx="{float(p.x(now + est)):.1f}" '
+            f'cy="{float(p.y(thr / div)):.1f}" r="4"/>'
+        )
     verdict, full = _verdict(st)
     device = f' data-device="{e(st.device)}"' if st.device is not None else ""
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{W}" height="{H}" '
-        f'viewBox="0 0 {W} {H}" role="img" data-rule="{e(rule.name)}" '
-        f'data-instance="{e(st.instance)}"{device}>',
-        f"<title>{e(rule.label)} on {e(st.where)}: {verdict}</title>",
-        f'<text class="title" x="{LEFT}" y="16">{e(rule.label)} · {e(st.where)}</text>',
-        f'<text class="{"full" if full else "verdict"}" '
-        f'x="{W - RIGHT}" y="16" text-anchor="end">{verdict}</text>',
-    ]
-    for v in yticks:
-        yy = y(v * div)
-        out.append(
-            f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-            f'<text x="{LEFT - 4}" y="{yy + 3:.1f}" text-anchor="end">{_fmt(v)}</text>'
-        )
-    xt, fmt = time_ticks(t0, t1)
-    for t in xt:
-        xx = x(t)
-        label = time.strftime(fmt, time.gmtime(t))
-        out.append(
-            f'<line class="axis" x1="{xx:.1f}" x2="{xx:.1f}" y1="{TOP + ph}" y2="{TOP + ph + 4}"/>'
-            f'<text x="{xx:.1f}" y="{TOP + ph + 15}" text-anchor="middle">{label}</text>'
-        )
-    out.append(
-        f'<text x="{LEFT + pw / 2:.0f}" y="{H - 4}" text-anchor="middle">time (UTC)</text>'
-        f'<text x="12" y="{TOP + ph / 2:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {TOP + ph / 2:.0f})">{e(unit or rule.unit or "value")}</text>'
-        f'<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + ph}"/>'
-        f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{TOP + ph}" y2="{TOP + ph}"/>'
+    return p.render(
+        f"{rule.label} · {st.where}",
+        verdict,
+        unit or rule.unit or "value",
+        f'data-rule="{e(rule.name)}" data-instance="{e(st.instance)}"{device}',
+        right_cls="full" if full else "verdict",
+        tooltip=f"{rule.label} on {st.where}: {verdict}",
     )
-    band = pts(ft, fhi) + " " + pts(ft[::-1], flo[::-1])
-    out.append(f'<polygon class="band" points="{band}"/>')
-    for seg in _segments(ht, hv, st.plot.bucket * 3 if st.plot is not None else math.inf):
-        out.append(f'<polyline class="history" points="{pts(*seg)}"/>')
-    out.append(f'<polyline class="forecast" points="{pts(ft, fm)}"/>')
-    if cap is not None and thr is not None:
-        yc, yt = y(cap), y(thr)
-        out.append(
-            f'<line class="capacity" x1="{LEFT}" x2="{W - RIGHT}" y1="{yc:.1f}" y2="{yc:.1f}"/>'
-            f'<line class="threshold" data-threshold="{thr:g}" x1="{LEFT}" x2="{W - RIGHT}" '
-            f'y1="{yt:.1f}" y2="{yt:.1f}"/>'
-            f'<text x="{W - RIGHT - 2}" y="{yt - 3:.1f}" text-anchor="end">'
-            f"{rule.threshold:.0%} of capacity</text>"
-        )
-    if t0 <= now <= t1:
-        out.append(
-            f'<line class="now" x1="{x(now):.1f}" x2="{x(now):.1f}" y1="{TOP}" y2="{TOP + ph}"/>'
-        )
-    if est is not None and thr is not None and now + est <= t1:
-        out.append(f'<circle class="exhaustion" cx="{x(now + est):.1f}" cy="{y(thr):.1f}" r="4"/>')
-    out.append("</svg>")
-    return "".join(out)
 
 
 def _verdict(st: SeriesState) -> tuple[str, bool]:
@@ -174,14 +89,6 @@ def _verdict(st: SeriesState) -> tuple[str, bool]:
     if est is not None and est <= st.rule.horizon:
         return ("full now" if est <= 0 else f"full in ~{human_duration(est)}"), True
     return f"not full within {human_duration(st.rule.horizon)}", False
-
-
-def _segments(t: np.ndarray, v: np.ndarray, gap: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Split a line where points are more than ``gap`` apart (missing data is not drawn)."""
-    if t.size < 2:
-        return [(t, v)] if t.size else []
-    cuts = np.flatnonzero(np.diff(t) > gap) + 1
-    return list(zip(np.split(t, cuts), np.split(v, cuts), strict=True))
 
 
 def _row(st: SeriesState) -> str:

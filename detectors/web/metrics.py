@@ -61,6 +61,18 @@ SCORED = MetricSpec(
 )
 PASS = MetricSpec("dcwatch_scoring_pass_duration_seconds", "Duration of the last scoring pass")
 PASSES = MetricSpec("dcwatch_scoring_passes_total", "Scoring passes", kind="counter")
+PASS_PHASE = MetricSpec(
+    "dcwatch_scoring_pass_phase_seconds",
+    "Duration of the last scoring pass by phase: read (the source), score (models), "
+    "send (alerts handed to the sender)",
+    ("phase",),
+)
+SHARD_NODES = MetricSpec(
+    "dcwatch_shard_nodes",
+    "Nodes this analyzer watches: its shard (index of count, Prometheus' hashmod of the "
+    "instance) of the fleet",
+    ("shard", "shard_count"),
+)
 NODES = MetricSpec("dcwatch_nodes", "Nodes known to the analyzer, by model state", ("state",))
 SOURCE_ERRORS = MetricSpec(
     "dcwatch_source_errors_total", "Scoring passes that could not read their source", kind="counter"
@@ -192,6 +204,9 @@ def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> I
         f.add(NODES, n, st)
     f.add(PASS, an.pass_duration if an.passes else None)
     f.add(PASSES, an.passes)
+    for phase, seconds in an.pass_phases.items():
+        f.add(PASS_PHASE, seconds if an.passes else None, phase)
+    f.add(SHARD_NODES, len(an.nodes), str(an.cfg.shard.index), str(an.cfg.shard.count))
     f.add(SOURCE_ERRORS, an.source_errors)
     for t in an.source.target_status():
         f.add(TARGET_UP, None if t.up is None else int(t.up), t.url, t.instance)

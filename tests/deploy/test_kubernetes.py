@@ -269,7 +269,12 @@ def agent_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_components_render_and_do_what_they_say(tmp_path: Path) -> None:
     components = sorted(p.name for p in (K8S / "components").iterdir())
-    assert components == ["kube-prometheus-stack", "non-gpu-nodes", "pod-attribution-as-root"]
+    assert components == [
+        "analyzer-shards",
+        "kube-prometheus-stack",
+        "non-gpu-nodes",
+        "pod-attribution-as-root",
+    ]
     docs = render(
         tmp_path,
         "resources: [$BASE]\ncomponents:\n"
@@ -291,6 +296,48 @@ def test_components_render_and_do_what_they_say(tmp_path: Path) -> None:
     base = agent_pod(documents())
     assert base["runtimeClassName"] == "nvidia" and base["securityContext"]["runAsUser"] == 10001
     assert "release" not in by_kind("ServiceMonitor")[0]["metadata"]["labels"]
+
+
+def test_analyzer_shards_component_runs_ha_pairs_of_every_shard(tmp_path: Path) -> None:
+    docs = render(tmp_path, "resources: [$BASE]\ncomponents: [$BASE/components/analyzer-shards]\n")
+    assert by_kind("Deployment", docs) == [] and by_kind("PersistentVolumeClaim", docs) == []
+    sets = by_kind("StatefulSet", docs)
+    assert sorted(s["metadata"]["name"] for s in sets) == [
+        "dcwatch-analyzer-a",
+        "dcwatch-analyzer-b",
+    ]
+    (service,) = [
+        s for s in by_kind("Service", docs) if s["metadata"]["name"] == "dcwatch-analyzer"
+    ]
+    (cm,) = by_kind("ConfigMap", docs)
+    for sts in sets:
+        pod = sts["spec"]["template"]
+        # the base's Service (and so its ServiceMonitor) selects every analyzer pod
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        (c,) = pod["spec"]["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        # as many pods as shards; pod k is shard k, from its pod-index label
+        assert env["DCWATCH_SHARD_COUNT"]["value"] == str(sts["spec"]["replicas"])
+        field = env["DCWATCH_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert field == "metadata.labels['apps.kubernetes.io/pod-index']"
+        # each pod its own state volume; the generated config, whose name carries its hash
+        (claim,) = sts["spec"]["volumeClaimTemplates"]
+        assert {"name": "state", "mountPath": "/var/lib/dcwatch"} in c["volumeMounts"]
+        assert claim["metadata"]["name"] == "state"
+        vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert vols["config"]["configMap"]["name"] == cm["metadata"]["name"]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # what the pods run: the base's config, shard by shard, loads
+    (tmp_path / "analyzer.yaml").write_text(cm["data"]["analyzer.yaml"])
+    for k in range(sets[0]["spec"]["replicas"]):
+        env_k = {
+            "DCWATCH_SHARD_INDEX": str(k),
+            "DCWATCH_SHARD_COUNT": str(sets[0]["spec"]["replicas"]),
+        }
+        cfg = load_analyzer_config(
+            ["--config", str(tmp_path / "analyzer.yaml"), "--state-dir", str(tmp_path)], env_k
+        )
+        assert cfg.prometheus is not None and cfg.prometheus.shard.index == k
 
 
 REQUIRED = (

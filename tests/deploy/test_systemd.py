@@ -19,7 +19,8 @@ from tests.helpers import find_binary
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "deploy" / "systemd"
 CONFIG = REPO / "deploy" / "config"
-UNITS = ("dcwatch-agent.service", "dcwatch-analyzer.service")
+UNITS = ("dcwatch-agent.service", "dcwatch-analyzer.service", "dcwatch-analyzer@.service")
+SHARD = "dcwatch-analyzer@2.service"  # the template, as systemd runs it for shard 2
 DROPIN = SYSTEMD / "dcwatch-agent.service.d" / "rapl-ipmi.conf"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")  # sysinit.target & co., which verify resolves
 
@@ -79,7 +80,7 @@ def verify(root: Path, *units: str) -> str:
 
 def test_units_and_dropin_verify_without_a_single_warning(tmp_path: Path) -> None:
     # verify reports unknown keys and bad values as warnings with exit 0: any output fails.
-    assert verify(_root(tmp_path), *UNITS) == ""
+    assert verify(_root(tmp_path), *UNITS[:2], SHARD) == ""
 
 
 @pytest.mark.parametrize(
@@ -99,10 +100,10 @@ def test_units_and_dropin_verify_without_a_single_warning(tmp_path: Path) -> Non
 )
 def test_verify_catches_a_real_mistake(tmp_path: Path, rel: str, text: str, expected: str) -> None:
     """The check above is meaningful: the same run reports a misspelt directive or a bad value."""
-    assert expected in verify(_root(tmp_path, extra={rel: text}), *UNITS)
+    assert expected in verify(_root(tmp_path, extra={rel: text}), *UNITS[:2], SHARD)
 
 
-@pytest.mark.parametrize(("unit", "threshold"), [(UNITS[0], 2.5), (UNITS[1], 2.5)])
+@pytest.mark.parametrize(("unit", "threshold"), [(UNITS[0], 2.5), (UNITS[1], 2.5), (SHARD, 2.5)])
 def test_exposure_level_is_low(tmp_path: Path, unit: str, threshold: float) -> None:
     root = _root(tmp_path)
     shutil.rmtree(root / "etc/systemd/system/dcwatch-agent.service.d")  # the base unit alone
@@ -125,7 +126,7 @@ def test_exposure_level_is_low(tmp_path: Path, unit: str, threshold: float) -> N
 
 
 def test_hardening_and_notify_settings() -> None:
-    for unit in UNITS:
+    for unit in UNITS[:2]:
         d = directives(SYSTEMD / unit)
         one = {k: v[-1] for k, v in d.items()}
         assert one["Type"] == "notify" and one["NotifyAccess"] == "main", unit
@@ -148,6 +149,29 @@ def test_hardening_and_notify_settings() -> None:
     drop = directives(DROPIN)
     assert drop["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE"]
     assert drop["AmbientCapabilities"] == drop["CapabilityBoundingSet"]
+
+
+def test_the_shard_template_is_the_analyzer_unit_plus_its_shard(tmp_path: Path) -> None:
+    plain, shard = directives(SYSTEMD / UNITS[1]), directives(SYSTEMD / UNITS[2])
+    added = {"Environment", "EnvironmentFile", "ExecStart", "StateDirectory", "Description"}
+    assert {k: v for k, v in shard.items() if k not in added} == {
+        k: v for k, v in plain.items() if k not in added
+    }  # the same hardening, watchdog and limits
+    assert shard["Environment"] == ["DCWATCH_SHARD_INDEX=%i"]
+    assert shard["EnvironmentFile"] == [
+        "-/etc/default/dcwatch-analyzer",
+        "-/etc/default/dcwatch-analyzer@%i",
+    ]
+    assert shard["StateDirectory"] == ["dcwatch/analyzer-%i"]
+    cmd = shard["ExecStart"][0].split()
+    # what systemd runs for shard 2 of 3 (the count from /etc/default/dcwatch-analyzer)
+    argv = [a.replace("%i", "2") for a in cmd[2:]]
+    assert argv[-2:] == ["--state-dir", "/var/lib/dcwatch/analyzer-2"]
+    argv[argv.index("--config") + 1] = str(CONFIG / "analyzer.yaml")
+    argv[-1] = str(tmp_path / "analyzer-2")
+    env = {"DCWATCH_SHARD_INDEX": "2", "DCWATCH_SHARD_COUNT": "3"}
+    cfg = load_analyzer_config(argv, env)
+    assert (cfg.shard.index, cfg.shard.count) == (2, 3) and cfg.embedded.shard == cfg.shard
 
 
 def test_sysusers_creates_the_service_user(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ async def test_fire_resend_resolve_timestamps(tmp_path: Path, am: FakeAlertmanag
             "severity": "critical",
             "instance": "node-1",
         }
-        assert first["generatorURL"] == "http://analyzer:9479/?instance=node-1"
+        assert first["generatorURL"] == "http://analyzer:9479/node/node-1"
         assert abs(ts(first["startsAt"]) - t_fire) < 0.5
         assert abs(ts(first["endsAt"]) - (t_fire + 4 * 0.3)) < 1.0
         # resends: same startsAt, endsAt moves forward

@@ -70,7 +70,7 @@ def test_payload_has_the_exact_api_v2_shape() -> None:
         },
         "startsAt": "2024-05-01T12:00:00.000Z",
         "endsAt": "2024-05-01T12:04:30.000Z",  # now + 4 x 60 s
-        "generatorURL": "http://analyzer.example:9479/?instance=node-17%3A9478",
+        "generatorURL": "http://analyzer.example:9479/node/node-17%3A9478",
     }
 
 

@@ -272,3 +272,103 @@ async def test_overview_page_in_headless_chromium(aiohttp_server, tmp_path: Path
     width, height, ink = png_stats(png)
     assert (width, height) == (WIDTH, HEIGHT)
     assert len(png) > 20_000 and ink > 0.002, f"screenshot looks blank ({len(png)} B, {ink:.4f})"
+
+
+async def test_node_page_and_links_in_headless_chromium(aiohttp_server, tmp_path: Path) -> None:
+    """The overview's links all resolve; the node page of the alerting node shows the score and
+    one plot per contributor, each holding the alert interval; no console error on either page."""
+    chromium()
+    t0 = time.time() // SCORE_STEP * SCORE_STEP - 3600
+    src = FakeSource(t0)
+    cfg = write_config(tmp_path, RULES, "--model-min-train", "30m")
+    app = make_app(cfg, source=src, run_loop=False)
+    server = await aiohttp_server(app, port=free_port())
+    an = app[ANALYZER]
+    t = t0
+    while t <= t0 + 2400:
+        await an.score_pass(t)
+        await an.wait_fits()
+        t += SCORE_STEP
+    src.fault, src.fault_from = True, t
+    for _ in range(8):
+        await an.score_pass(t)
+        t += SCORE_STEP
+    assert an.nodes["node-1:9478"].anomaly
+    base = f"http://127.0.0.1:{server.port}"
+
+    async with browser(tmp_path / "chromium") as dt:
+        for domain in ("Runtime", "Log", "Page"):
+            await dt.call(f"{domain}.enable")
+        await dt.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=WIDTH,
+            height=HEIGHT,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        shots: dict[str, bytes] = {}
+        found: dict[str, Any] = {}
+        for name, url in (("overview", f"{base}/"), ("node", f"{base}/node/node-1%3A9478")):
+            dt.events.clear()
+            await dt.call("Page.navigate", url=url)
+            await dt.wait_event("Page.loadEventFired")
+            dom = await dt.call(
+                "Runtime.evaluate",
+                returnByValue=True,
+                expression="""JSON.stringify({
+                  links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+                  plots: [...document.querySelectorAll('svg.plot')].map(s => {
+                    const r = s.querySelector('rect.alert');
+                    const ticks = [...s.querySelectorAll('text')].length;
+                    return {kind: s.dataset.plot || 'capacity', series: s.dataset.series || '',
+                            alert: r ? {start: +r.dataset.start, end: r.dataset.end,
+                                        width: r.getBoundingClientRect().width} : null,
+                            observed: s.querySelectorAll('polyline.observed').length,
+                            score: s.querySelectorAll('polyline.score').length,
+                            ticks};
+                  }),
+                  text: document.body.innerText})""",
+            )
+            found[name] = json.loads(dom["result"]["value"])
+            shots[name] = base64.b64decode(
+                (await dt.call("Page.captureScreenshot", format="png"))["data"]
+            )
+            errors = [
+                ev
+                for ev in dt.events
+                if ev["method"] == "Runtime.exceptionThrown"
+                or (
+                    ev["method"] == "Runtime.consoleAPICalled"
+                    and ev["params"]["type"] in ("error", "assert")
+                )
+                or (ev["method"] == "Log.entryAdded" and ev["params"]["entry"]["level"] == "error")
+            ]
+            assert errors == [], (name, errors)
+
+    out = os.environ.get("DCWATCH_TEST_ARTIFACTS")
+    for name, png in shots.items():
+        (tmp_path / f"{name}.png").write_bytes(png)
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / f"{name}.png", Path(out) / f"{name}-page.png")
+        assert png_stats(png)[2] > 0.002, f"{name} screenshot looks blank"
+
+    # every link on both pages resolves (the page's own links: nothing points outside)
+    links = {u for page in found.values() for u in page["links"]}
+    assert f"{base}/node/node-1%3A9478" in links
+    async with aiohttp.ClientSession() as http:
+        for u in sorted(links):
+            assert u.startswith(base), u
+            async with http.get(u) as r:
+                assert r.status == 200, (u, r.status)
+
+    node = found["node"]
+    score = [p for p in node["plots"] if p["kind"] == "score"]
+    contrib = [p for p in node["plots"] if p["kind"] == "contributor"]
+    assert len(score) == 1 and score[0]["score"] == 1
+    assert contrib and any('gpu="1"' in p["series"] for p in contrib)
+    for p in score + contrib:  # every plot shades the alert, from its start, still open
+        assert p["alert"] is not None and p["alert"]["width"] > 0, p
+        assert p["alert"]["start"] >= src.fault_from - SCORE_STEP and p["alert"]["end"] == ""
+    assert all(p["observed"] == 1 for p in contrib)
+    assert "GPU 1 · gpu_temp" in node["text"] and "training window" in node["text"]

@@ -6,6 +6,7 @@ import base64
 import gc
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from dcwatch.detectors.shard import Shard
 from dcwatch.detectors.sources.base import SourceError
 from dcwatch.detectors.sources.prometheus import (
     PrometheusConfig,
@@ -443,3 +445,78 @@ async def test_unreadable_secret_file_is_a_source_error(tmp_path: Path) -> None:
     finally:
         await src.close()
     assert src.requests == 0
+
+
+# --- shards and instance batches ----------------------------------------------------------------
+
+
+class ShardedPrometheus:
+    """Knows twelve instances; answers ``instance=~"..."`` selectors like Prometheus would (the
+    regex of the first matcher), by GET or form POST; records method, query and label lookups."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.nodes = nodes
+        self.calls: list[tuple[str, str]] = []  # (method, query or match[])
+
+    async def values(self, request: web.Request) -> web.Response:
+        self.calls.append((request.method, request.query["match[]"]))
+        return web.json_response({"status": "success", "data": self.nodes})
+
+    async def query_range(self, request: web.Request) -> web.Response:
+        q = dict(request.query) if request.method == "GET" else dict(await request.post())
+        self.calls.append((request.method, q["query"]))
+        m = re.search(r'instance=~"((?:[^"\\]|\\.)*)"', q["query"])
+        regex = None if m is None else m[1].replace("\\\\", "\\")
+        t = float(q["end"])
+        result = [
+            {"metric": {"instance": n}, "values": [[t, "1"]]}
+            for n in self.nodes
+            if regex is None or re.fullmatch(regex, n)
+        ]
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "matrix", "result": result}}
+        )
+
+
+async def test_a_shard_reads_only_its_instances_in_batches(aiohttp_server: ServerFactory) -> None:
+    nodes = [f"gpu-{i}.rack-{i % 3}.example.org:9478" for i in range(12)]
+    fake = ShardedPrometheus(nodes)
+    app = web.Application()
+    app.router.add_get("/api/v1/label/instance/values", fake.values)
+    app.router.add_route("*", "/api/v1/query_range", fake.query_range)
+    server = await aiohttp_server(app)
+    seen: list[str] = []
+    for i in range(3):
+        src = source(str(server.make_url("")), shard=Shard(i, 3), instance_batch=2)
+        try:
+            frames = await src.fetch(999_990, 999_990, 15)
+            again = await src.latest(15, 1, 999_990)
+        finally:
+            await src.close()
+        mine = Shard(i, 3).select(nodes)
+        assert sorted(frames) == mine == sorted(again) and mine
+        seen += mine
+    assert sorted(seen) == sorted(nodes)  # every node on exactly one shard
+    lookups = [c for c in fake.calls if "__name__" in c[1]]
+    assert len(lookups) == 3  # listed once per shard: the second fetch used the cached list
+    assert lookups[0][1] == '{__name__=~"dcwatch_gpu_temperature_celsius|dcwatch_node_power_watts"}'
+    queries = [c for c in fake.calls if c not in lookups]
+    assert all("instance=~" in q for _, q in queries)
+    # each request names at most 2 instances: len(shard) / 2 requests per query and fetch
+    assert len(queries) == sum(2 * 2 * -(-len(Shard(i, 3).select(nodes)) // 2) for i in range(3))
+
+
+async def test_many_instances_go_by_post(aiohttp_server: ServerFactory) -> None:
+    nodes = [f"a-very-long-host-name-{i:04d}.datacenter.example.org:9478" for i in range(300)]
+    fake = ShardedPrometheus(nodes)
+    app = web.Application()
+    app.router.add_route("*", "/api/v1/query_range", fake.query_range)
+    server = await aiohttp_server(app)
+    src = source(str(server.make_url("")))
+    try:
+        frames = await src.fetch(999_990, 999_990, 15, instances=nodes[:250])
+        few = await src.fetch(999_990, 999_990, 15, instances=nodes[:2])
+    finally:
+        await src.close()
+    assert sorted(frames) == nodes[:250] and sorted(few) == nodes[:2]
+    assert [m for m, _ in fake.calls] == ["POST", "POST", "GET", "GET"]

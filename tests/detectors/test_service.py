@@ -25,6 +25,7 @@ from dcwatch.detectors.service import Analyzer
 from dcwatch.detectors.sources.base import SourceError, TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery
 from dcwatch.detectors.web.app import ANALYZER, SENDER, make_app
+from dcwatch.detectors.web.metrics import analyzer_families
 from dcwatch.settings import ConfigError
 
 STEP = 15.0
@@ -446,3 +447,78 @@ def test_bad_web_config_exits_2_naming_file_and_key(
     assert err.count("\n") == 1 and str(web) in err and "basic_auth_users" in err
     assert analyzer_main([*argv, str(tmp_path / "missing.yml")]) == 2
     assert "missing.yml" in capsys.readouterr().err
+
+
+# --- fits read only what they need ------------------------------------------------------------
+
+
+class FleetSource(FakeSource):
+    """Many nodes (each the FakeSource node, history from its own start) that records reads and
+    answers ``instances`` like the real sources."""
+
+    def __init__(self, starts: dict[str, float]) -> None:
+        super().__init__(min(starts.values()))
+        self.starts = starts
+        self.reads: list[tuple[float, float, float, frozenset[str] | None]] = []
+
+    async def fetch(
+        self,
+        start: float,
+        end: float,
+        step: float,
+        instances: Sequence[str] | None = None,
+    ) -> dict[str, Frame]:
+        self.reads.append((start, end, step, None if instances is None else frozenset(instances)))
+        grid = np.arange(np.ceil(start / step) * step, end + step / 2, step)
+        out = {}
+        for inst, t0 in self.starts.items():
+            if instances is None or inst in instances:
+                times = grid[grid >= t0]
+                out[inst] = Frame(
+                    times, COLUMNS, np.array([self._row(t) for t in times]).reshape(-1, 4)
+                )
+        return out
+
+
+async def test_fits_never_read_the_fleet_nor_a_cold_nodes_window(
+    tmp_path: Path, clock_start: float
+) -> None:
+    t0 = clock_start
+    # node-a has a day of history; node-b is new (cold start); three more nodes in another group
+    starts = {"a-1:9478": t0 - 86400, "a-2:9478": t0, **{f"b-{i}:9478": t0 for i in range(3)}}
+    src = FleetSource(starts)
+    cfg = config(tmp_path, "--model-train-window", "2d", "--model-group-by", "^(a|b)-")
+    an = Analyzer(cfg, src, AlertSender(cfg.alerting))
+    await an.start()
+    try:
+        await an.score_pass(t0)
+        await an.wait_fits()
+        fine = [r for r in src.reads if r[2] == STEP and r[3] is not None]
+        full = [r for r in fine if r[1] - r[0] > 3600]
+        # One training read, of the node with history only, starting near where it starts.
+        assert [r[3] for r in full] == [frozenset({"a-1:9478"})]
+        assert t0 - 86400 - 2 * 86400 / 16 <= full[0][0] <= t0 - 86400
+        # Every other read is the scoring pass's (a few points) or one of the pass's two
+        # probes, of every node due for a fit at once (not two per node).
+        probes = [r for r in src.reads if r[3] is not None and r not in full]
+        assert len(probes) == 2 and all(r[3] == set(starts) for r in probes)
+        for start, end, step, names in src.reads:
+            if names is None:
+                assert (end - start) / step < 4  # the scoring pass: the latest rows
+            elif (start, end, step, names) not in full:
+                assert (end - start) / step <= 20
+        assert an.nodes["a-1:9478"].status == "fitted"
+        assert an.nodes["a-2:9478"].model is None and an.nodes["b-0:9478"].model is None
+        samples = {
+            (s.name, tuple(s.labels.values())): s.value
+            for fam in analyzer_families(an)
+            for s in fam.samples
+        }
+        assert samples[("dcwatch_shard_nodes", ("0", "1"))] == 5
+        assert {lab[0] for n, lab in samples if n == "dcwatch_scoring_pass_phase_seconds"} == {
+            "read",
+            "score",
+            "send",
+        }
+    finally:
+        await an.close()

@@ -113,7 +113,7 @@ async def test_fire_resend_resolve_outage_and_recovery(tmp_path: Path, am: Proc)
         assert ann["score"] == "0.910"
         assert ann["runbook_url"] == "https://runbooks.example/DcwatchAnomaly"
         assert ann["dashboard"] == "https://grafana.example/d/node?var-instance=node-1"
-        assert got["generatorURL"] == "http://127.0.0.1:9479/?instance=node-1"
+        assert got["generatorURL"] == "http://127.0.0.1:9479/node/node-1"
         assert got["status"]["state"] == "active"
         assert ts(got["startsAt"]) == pytest.approx(rec.starts_at, abs=0.002)
 

@@ -1,0 +1,445 @@
+"""How far does one analyzer go on 2 cores, reading a real Prometheus with the default queries?
+
+For each fleet size N: N synthetic nodes x 30 series named as the agent names them (4 GPUs x 6
+gauges, node power, CPU/hwmon/thermal-zone temperatures, network counters), ``--history`` of
+it backfilled with ``promtool tsdb create-blocks-from openmetrics``, then live samples scraped
+every 15 s by Debian's Prometheus (started here on a free port) from one exposition process
+serving the whole fleet (``honor_labels``). Measured:
+
+* the source's read of the latest rows (what a scoring pass reads) split into waiting for
+  Prometheus, decoding and aligning, and Prometheus' own query time (its engine's
+  ``inner_eval`` + ``query_preparation`` summaries);
+* fit time per node on the default model, and the fleet's refit on a process pool of 2 and on a
+  Dask LocalCluster of 2 workers (a sample of nodes, scaled to N);
+* ``dcwatch analyzer`` itself (a subprocess, default settings, ``--prometheus-url``): its scoring
+  passes (``dcwatch_scoring_pass_phase_seconds``: read / score / send) and peak RSS, once from an
+  empty state directory (cold start, probes and fits; ``--cold-seconds``) and once with every
+  node's model in place (scoring only).
+
+    .venv/bin/python bench/fleet_scale.py --nodes 1000 --nodes 3000 [--history 70m]
+
+Writes bench/reports/fleet_scale.md. Generation and backfill take minutes and gigabytes of
+disk for 10,000 nodes; the machine this was written on is 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dcwatch.detectors.models.fitting import ModelStore, fit_model  # noqa: E402
+from dcwatch.detectors.models.node import ModelConfig, NodeModel  # noqa: E402
+from dcwatch.detectors.sources.prometheus import PrometheusConfig, PrometheusSource  # noqa: E402
+from dcwatch.durations import parse_duration  # noqa: E402
+
+STEP = 15
+GPU_GAUGES = (  # (metric, extra labels, base, spread)
+    ("dcwatch_gpu_utilization_ratio", "", 0.6, 0.2),
+    ("dcwatch_gpu_memory_utilization_ratio", "", 0.4, 0.1),
+    ("dcwatch_gpu_memory_used_bytes", "", 40e9, 5e9),
+    ("dcwatch_gpu_temperature_celsius", "", 60.0, 5.0),
+    ("dcwatch_gpu_power_usage_watts", "", 450.0, 60.0),
+    ("dcwatch_gpu_clock_hertz", 'clock="sm",', 1.7e9, 5e7),
+)
+NODE_GAUGES = (
+    ("dcwatch_node_power_watts", 'source="bmc",', 4000.0, 300.0),
+    ("dcwatch_cpu_temp_celsius", 'package="0",core="",', 55.0, 4.0),
+    ("dcwatch_hwmon_temp_celsius", 'chip="nct6775",sensor="temp1",', 45.0, 3.0),
+    ("dcwatch_thermal_zone_temp_celsius", 'zone="0",type="x86_pkg_temp",', 50.0, 3.0),
+)
+COUNTERS = (
+    ("dcwatch_network_receive_bytes_total", 'device="eth0",', 1e8),
+    ("dcwatch_network_transmit_bytes_total", 'device="eth0",', 8e7),
+)
+GPUS = 4  # 4 x 6 + 4 + 2 = 30 series per node
+
+
+def series_of(n: int) -> list[tuple[str, str, float, float, bool]]:
+    """(metric, labels, base, spread, counter) of every series of node ``n``."""
+    out = []
+    for metric, extra, base, spread in GPU_GAUGES:
+        for g in range(GPUS):
+            out.append((metric, f'{extra}gpu="{g}",', base, spread, False))
+    out += [(m, e, b, s, False) for m, e, b, s in NODE_GAUGES]
+    out += [(m, e, r, r * 0.1, True) for m, e, r in COUNTERS]
+    return out
+
+
+def value(base: float, spread: float, t: np.ndarray, series: int, node: int) -> np.ndarray:
+    """One series: an hourly cycle whose phase depends on the series only (nodes alike: the
+    bench's scoring run gives every node a copy of one node's model) plus the node's noise."""
+    phase = np.random.default_rng(series).uniform(0, 6.3)
+    rng = np.random.default_rng(node * 1000 + series)
+    return base + spread * (
+        0.5 * np.sin(2 * np.pi * t / 3600 + phase) + 0.3 * rng.normal(size=len(t))
+    )
+
+
+def instance(n: int) -> str:
+    return f"gpu-{n:05d}.dc.example:9478"
+
+
+def write_openmetrics(path: Path, nodes: int, start: int, end: int) -> int:
+    """History of the fleet, family by family (promtool wants each family's samples together)."""
+    t = np.arange(start, end, STEP, dtype=np.int64)
+    count = 0
+    with path.open("w") as f:
+        families: dict[str, list[tuple[int, str, float, float, bool]]] = {}
+        for n in range(nodes):
+            for metric, labels, base, spread, counter in series_of(n):
+                families.setdefault(metric, []).append((n, labels, base, spread, counter))
+        for metric, members in families.items():
+            kind = "counter" if metric.endswith("_total") else "gauge"
+            name = metric.removesuffix("_total") if kind == "counter" else metric
+            f.write(f"# TYPE {name} {kind}\n")
+            for n, labels, base, spread, counter in members:
+                v = value(base, spread, t, zlib.crc32(f"{metric}{labels}".encode()), n)
+                if counter:
+                    v = np.cumsum(np.abs(v) * STEP)
+                prefix = f'{metric}{{{labels}instance="{instance(n)}",job="fleet"}} '
+                f.writelines(
+                    f"{prefix}{x:.6g} {ts}\n" for x, ts in zip(v.tolist(), t.tolist(), strict=True)
+                )
+                count += len(t)
+        f.write("# EOF\n")
+    return count
+
+
+def serve(nodes: int, port: int) -> None:
+    """The live exposition of the whole fleet (one target, ``honor_labels``), fresh each scrape."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    rows = [
+        (f'{m}{{{lab}instance="{instance(n)}",job="fleet"}} ', b, sp, c)
+        for n in range(nodes)
+        for m, lab, b, sp, c in series_of(n)
+    ]
+    base, spread = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    counter, total = np.array([r[3] for r in rows]), np.zeros(len(rows))
+    rng, last = np.random.default_rng(1), [time.time()]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            now = time.time()
+            v = base + spread * 0.3 * rng.normal(size=len(rows))
+            total[:] += np.abs(v) * (now - last[0]) * counter
+            last[0] = now
+            v = np.where(counter, total, v)
+            body = "".join(
+                f"{r[0]}{x:.6g}\n" for r, x in zip(rows, v.tolist(), strict=True)
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.read().decode()
+
+
+def prom_engine_seconds(prom: str) -> float:
+    text = get(f"{prom}/metrics")
+    total = 0.0
+    for slice_ in ("inner_eval", "prepare_time", "result_sort"):
+        m = re.search(
+            rf'prometheus_engine_query_duration_seconds_sum{{slice="{slice_}"}} (\S+)', text
+        )
+        total += float(m[1]) if m else 0.0
+    return total
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+class Stack:
+    """Prometheus with the backfilled blocks, and the live exposition process."""
+
+    def __init__(self, work: Path, nodes: int, history: float) -> None:
+        self.work, self.nodes = work, nodes
+        now = int(time.time()) // STEP * STEP
+        om = work / "history.om"
+        t0 = time.perf_counter()
+        self.samples = write_openmetrics(om, nodes, now - int(history), now - 60)
+        self.gen_s = time.perf_counter() - t0
+        data = work / "data"
+        t0 = time.perf_counter()
+        subprocess.run(
+            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)],
+            check=True,
+            capture_output=True,
+        )
+        self.backfill_s = time.perf_counter() - t0
+        om.unlink()
+        live = free_port()
+        self.live = subprocess.Popen([sys.executable, __file__, "--serve", str(nodes), str(live)])
+        self.port = free_port()
+        cfg = work / "prometheus.yml"
+        cfg.write_text(
+            "global: {scrape_interval: 15s, scrape_timeout: 14s}\n"
+            "scrape_configs:\n  - job_name: fleet\n    honor_labels: true\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{live}']}}]\n"
+        )
+        self.prom = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=30d",
+                "--log.level=warn",
+            ]
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                up = get(f"{self.url}/api/v1/query?query=count(dcwatch_node_power_watts)")
+                if f'"{nodes}"' in up:
+                    return
+            except OSError:
+                pass
+            time.sleep(2)
+        raise RuntimeError("Prometheus did not get the live samples")
+
+    def close(self) -> None:
+        for p in (self.prom, self.live):
+            p.terminate()
+            p.wait(30)
+
+
+async def read_split(url: str, nodes: int, reads: int) -> dict[str, float]:
+    """The scoring pass's read (latest 4 rows of the fleet) through PrometheusSource."""
+    src = PrometheusSource(PrometheusConfig(url=url))
+    out = {"wall": 0.0, "wait": 0.0, "decode": 0.0, "align": 0.0, "prometheus": 0.0}
+    try:
+        await src.latest(STEP, 4)  # warm
+        for _ in range(reads):
+            before, eng = dict(src.seconds), prom_engine_seconds(url)
+            t0 = time.perf_counter()
+            frames = await src.latest(STEP, 4)
+            out["wall"] += time.perf_counter() - t0
+            out["prometheus"] += prom_engine_seconds(url) - eng
+            for k in ("wait", "decode", "align"):
+                out[k] += src.seconds[k] - before[k]
+        assert len(frames) == nodes, len(frames)
+        out["columns"] = float(np.mean([len(f.columns) for f in frames.values()]))
+    finally:
+        await src.close()
+    return {k: v / reads if k != "columns" else v for k, v in out.items()}
+
+
+async def training_frames(url: str, sample: list[str], window: float) -> list[Any]:
+    src = PrometheusSource(PrometheusConfig(url=url))
+    try:
+        now = time.time()
+        frames = await src.fetch(now - window, now, STEP, instances=sample)
+    finally:
+        await src.close()
+    return [frames[i] for i in sample]
+
+
+def fit_times(frames: list[Any]) -> dict[str, float]:
+    cfg = ModelConfig()
+    t0 = time.perf_counter()
+    for f in frames[:4]:
+        fit_model(f, cfg)
+    one = (time.perf_counter() - t0) / min(4, len(frames))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(fit_model, frames, [cfg] * len(frames)))
+    pool_s = (time.perf_counter() - t0) / len(frames)
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as lc, Client(lc) as c:
+        c.gather(c.map(fit_model, frames[:2], [cfg] * 2, pure=False))  # warm the workers
+        t0 = time.perf_counter()
+        c.gather(c.map(fit_model, frames, [cfg] * len(frames), pure=False))
+        dask_s = (time.perf_counter() - t0) / len(frames)
+    return {"one": one, "pool": pool_s, "dask": dask_s}
+
+
+def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str, Any]:
+    """``dcwatch analyzer`` with default settings; its peak RSS and its passes' phases."""
+    port = free_port()
+    cmd = [
+        str(REPO / ".venv/bin/dcwatch"),
+        "analyzer",
+        f"--prometheus-url={url}",
+        f"--state-dir={state}",
+        f"--listen=127.0.0.1:{port}",
+        "--log-level=warning",
+    ]
+    proc = subprocess.Popen(cmd)
+    ps = psutil.Process(proc.pid)
+    peak, phases, seen = 0, [], 0
+    t_end = time.time() + seconds
+    try:
+        while time.time() < t_end and (passes == 0 or len(phases) < passes):
+            rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+            peak = max(peak, rss)
+            try:
+                text = get(f"http://127.0.0.1:{port}/metrics")
+            except OSError:
+                time.sleep(0.5)
+                continue
+            n = metric_value(text, "dcwatch_scoring_passes_total") or 0
+            if n > seen:
+                seen = int(n)
+                phases.append(
+                    {
+                        p: metric_value(text, "dcwatch_scoring_pass_phase_seconds", phase=p) or 0
+                        for p in ("read", "score", "send")
+                    }
+                    | {"pass": metric_value(text, "dcwatch_scoring_pass_duration_seconds") or 0}
+                )
+            fitted = metric_value(text, "dcwatch_nodes", state="fitted")
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {"peak_rss": peak, "passes": phases, "fitted": fitted}
+
+
+def seed_models(state: Path, frame: Any, nodes: int) -> None:
+    """Every node gets a copy of one fitted model (scoring costs the same as distinct ones)."""
+    blob = fit_model(frame, ModelConfig())
+    store = ModelStore(state / "models")
+    model = NodeModel.loads(blob)
+    for n in range(nodes):
+        store.save(instance(n), model)
+
+
+def bench(nodes: int, history: float, sample: int, cold_seconds: float, passes: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"fleet-{nodes}-"))
+    stack = Stack(work, nodes, history)
+    try:
+        res: dict[str, Any] = {"nodes": nodes, "samples": stack.samples}
+        res |= {"gen_s": stack.gen_s, "backfill_s": stack.backfill_s}
+        res["read"] = asyncio.run(read_split(stack.url, nodes, 3))
+        names = [instance(n) for n in range(0, nodes, max(1, nodes // sample))][:sample]
+        frames = asyncio.run(training_frames(stack.url, names, history))
+        res["fit"] = fit_times(frames)
+        res["cold"] = run_analyzer(stack.url, work / "cold", cold_seconds, 0)
+        seed_models(work / "warm", frames[0], nodes)
+        res["warm"] = run_analyzer(stack.url, work / "warm", 60 + passes * STEP * 2, passes)
+        res["prom_rss"] = psutil.Process(stack.prom.pid).memory_info().rss
+        return res
+    finally:
+        stack.close()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def prometheus_version() -> str:
+    out = subprocess.run(["prometheus", "--version"], capture_output=True, text=True)
+    return (out.stdout + out.stderr).split()[2]
+
+
+def report(results: list[dict], args: argparse.Namespace) -> str:
+    mib = 2**20
+    lines = [
+        "# Fleet scale through a real Prometheus",
+        "",
+        f"`bench/fleet_scale.py --history {args.history}` on {psutil.cpu_count()} cores "
+        "**shared with other engineers' work** (timings are upper bounds); Prometheus "
+        f"{prometheus_version()}"
+        " on the same machine; default queries and default analyzer settings "
+        "(7 d training window, 1 h min_train, 15 s step, 1 fit worker).",
+        "",
+        "| nodes | read (wall) | wait | Prometheus engine | decode | align | cols/node "
+        "| pass: read | score | send | pass | RSS scoring | RSS cold start (fits) | "
+        "fit/node | refit fleet pool(2) | refit fleet Dask(2) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rd, ft = r["read"], r["fit"]
+        ps = r["warm"]["passes"][1:] or r["warm"]["passes"]  # the first pass backfills
+        med = {
+            k: float(np.median([p[k] for p in ps])) if ps else float("nan")
+            for k in ("read", "score", "send", "pass")
+        }
+        n = r["nodes"]
+        lines.append(
+            f"| {n:,} | {rd['wall']:.2f} s | {rd['wait']:.2f} s | {rd['prometheus']:.2f} s "
+            f"| {rd['decode']:.2f} s | {rd['align']:.2f} s | {rd['columns']:.0f} "
+            f"| {med['read']:.2f} s | {med['score']:.2f} s | {med['send']:.3f} s "
+            f"| {med['pass']:.2f} s "
+            f"| {r['warm']['peak_rss'] / mib:.0f} MiB | {r['cold']['peak_rss'] / mib:.0f} MiB "
+            f"({r['cold']['fitted'] or 0:.0f} fitted in {args.cold_seconds:.0f} s) "
+            f"| {ft['one']:.2f} s | {n * ft['pool'] / 60:.1f} min | {n * ft['dask'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        "Per N: "
+        + "; ".join(
+            f"{r['nodes']:,} nodes: {r['samples'] / 1e6:.1f} M samples generated in "
+            f"{r['gen_s']:.0f} s, backfilled in {r['backfill_s']:.0f} s, Prometheus RSS "
+            f"{r['prom_rss'] / mib:.0f} MiB"
+            for r in results
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, action="append")
+    ap.add_argument("--history", default="70m", help="backfilled history (default 70m)")
+    ap.add_argument("--fit-sample", type=int, default=16, help="nodes fitted to time fits")
+    ap.add_argument("--cold-seconds", type=float, default=120.0)
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--serve", type=int, nargs=2, help=argparse.SUPPRESS)  # nodes port
+    ap.add_argument("--out", type=Path, default=REPO / "bench/reports/fleet_scale.md")
+    args = ap.parse_args()
+    if args.serve:
+        serve(*args.serve)
+        return
+    results = []
+    for n in args.nodes or [1000]:
+        results.append(
+            bench(n, parse_duration(args.history), args.fit_sample, args.cold_seconds, args.passes)
+        )
+        print(results[-1], flush=True)
+    text = report(results, args)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
