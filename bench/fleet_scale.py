@@ -86,7 +86,7 @@ def value(base: float, spread: float, t: np.ndarray, series: int, node: int) -> 
     """One series: an hourly cycle whose phase depends on the series only (nodes alike: the
     bench's scoring run gives every node a copy of one node's model) plus the node's noise."""
     phase = np.random.default_rng(series).uniform(0, 6.3)
-    rng = np.random.default_rng(node * 1000 + series)
+    rng = np.random.default_rng([node, series])
     return base + spread * (
         0.5 * np.sin(2 * np.pi * t / 3600 + phase) + 0.3 * rng.normal(size=len(t))
     )
@@ -127,18 +127,26 @@ def serve(nodes: int, port: int) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     rows = [
-        (f'{m}{{{lab}instance="{instance(n)}",job="fleet"}} ', b, sp, c)
+        (
+            f'{m}{{{lab}instance="{instance(n)}",job="fleet"}} ',
+            b,
+            sp,
+            c,
+            zlib.crc32(f"{m}{lab}".encode()),
+        )
         for n in range(nodes)
         for m, lab, b, sp, c in series_of(n)
     ]
     base, spread = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    phase = np.array([np.random.default_rng(r[4]).uniform(0, 6.3) for r in rows])
     counter, total = np.array([r[3] for r in rows]), np.zeros(len(rows))
     rng, last = np.random.default_rng(1), [time.time()]
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             now = time.time()
-            v = base + spread * 0.3 * rng.normal(size=len(rows))
+            cycle = 0.5 * np.sin(2 * np.pi * now / 3600 + phase)  # as in the history
+            v = base + spread * (cycle + 0.3 * rng.normal(size=len(rows)))
             total[:] += np.abs(v) * (now - last[0]) * counter
             last[0] = now
             v = np.where(counter, total, v)

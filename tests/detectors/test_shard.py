@@ -110,5 +110,5 @@ def test_capacity_rules_summing_nodes_are_refused_on_a_shard(tmp_path: Path) -> 
     (tmp_path / "a.yaml").write_text(f"prometheus: {{url: 'http://p:9090'}}\n{rule}")
     base = ["--config", str(tmp_path / "a.yaml"), "--state-dir", str(tmp_path)]
     assert load_analyzer_config(base, env={}).capacity_rules  # whole fleet: fine
-    with pytest.raises(ConfigError, match="rack_a_power.*recording rule"):
+    with pytest.raises(ConfigError, match=r"rack_a_power.*recording rule"):
         load_analyzer_config([*base, "--shard-count", "2"], env={})
