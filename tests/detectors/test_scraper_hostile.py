@@ -73,6 +73,8 @@ def exposition(src: Any) -> str:
         nodes={},
         pass_duration=0.0,
         passes=0,
+        pass_phases={},
+        cfg=SimpleNamespace(shard=SimpleNamespace(index=0, count=1)),
         source_errors=0,
         source=src,
         sender=SimpleNamespace(collect=lambda: []),
