@@ -271,6 +271,7 @@ def test_components_render_and_do_what_they_say(tmp_path: Path) -> None:
     components = sorted(p.name for p in (K8S / "components").iterdir())
     assert components == [
         "analyzer-shards",
+        "kernel-log-xids",
         "kube-prometheus-stack",
         "non-gpu-nodes",
         "pod-attribution-as-root",
@@ -290,7 +291,8 @@ def test_components_render_and_do_what_they_say(tmp_path: Path) -> None:
     assert pod["securityContext"]["runAsUser"] == 0
     assert pod["securityContext"]["runAsNonRoot"] is False
     (c,) = pod["containers"]
-    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # ... but for kernel-log-xids' one capability
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYSLOG"]}
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     # the base is untouched by the components' existence
     base = agent_pod(documents())
@@ -370,3 +372,26 @@ patches:
     assert {d["metadata"]["labels"]["release"] for d in by_kind("ServiceMonitor", docs)} == {
         "monitoring"
     }
+
+
+def test_kernel_log_xids_component_mounts_kmsg_read_only_with_syslog_alone(tmp_path: Path) -> None:
+    docs = render(tmp_path, "resources: [$BASE]\ncomponents: [$BASE/components/kernel-log-xids]\n")
+    pod = agent_pod(docs)
+    (c,) = pod["containers"]
+    # CAP_SYSLOG (dmesg_restrict=1) and nothing else; the rest of the hardening as in the base
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYSLOG"]}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "privileged" not in c["securityContext"]
+    assert pod["securityContext"] == agent_pod(documents())["securityContext"]
+    # the host's kernel log, a character device, read-only where the agent reads by default
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["kmsg"]["hostPath"] == {"path": "/dev/kmsg", "type": "CharDevice"}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["kmsg"] == {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True}
+    assert all(m["readOnly"] for m in c["volumeMounts"])
+    from dcwatch.exporters.gpu.collector import GpuOptions
+
+    assert GpuOptions().kmsg_path == mounts["kmsg"]["mountPath"]
+    # the base's other mounts are kept
+    assert {"sys", "proc", "pod-resources"} <= set(mounts)

@@ -89,9 +89,9 @@ def node_exporter_binary() -> str | None:
     return find_binary("prometheus-node-exporter", "node_exporter")
 
 
-def start_node_exporter(workdir: Path, root: Path) -> Proc:
-    """Debian's node_exporter on a free 127.0.0.1 port, reading ``root``'s sys/ and proc/ with
-    the collectors the preset needs; ready when /metrics answers."""
+def start_node_exporter(workdir: Path, root: Path, procfs: Path | None = None) -> Proc:
+    """Debian's node_exporter on a free 127.0.0.1 port, reading ``root``'s sys/ and proc/ (or
+    ``procfs``) with the collectors the preset needs; ready when /metrics answers."""
     binary = node_exporter_binary()
     assert binary is not None
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,8 +102,9 @@ def start_node_exporter(workdir: Path, root: Path) -> Proc:
             f"--web.listen-address=127.0.0.1:{port}",
             "--collector.disable-defaults",
             f"--path.sysfs={root / 'sys'}",
-            f"--path.procfs={root / 'proc'}",
+            f"--path.procfs={procfs or root / 'proc'}",
             "--log.level=warn",
+            "--no-collector.netdev.netlink",  # read proc/net/dev, not this host's interfaces
             *[f"--collector.{c}" for c in NODE_EXPORTER_COLLECTORS],
         ]
 
@@ -216,6 +217,14 @@ def test_node_exporter_preset_names_only_what_node_exporter_emits(
 ) -> None:
     served = families(node_exporter_scrape)
     check_against(preset_queries("node_exporter"), served)
+    # it read the fixture tree, not this machine
+    keys, values = parse_exposition(node_exporter_scrape)
+    rx = {
+        parse_labels(lab)["device"]: v
+        for (name, lab), v in zip(keys, values, strict=True)
+        if name == "node_network_receive_bytes_total"
+    }
+    assert rx["eno1"] == 48213967315024 and "bond0.100" in rx
     # the collectors all worked on the tree (a failing one would hide its metrics)
     failed = [
         s.labels["collector"]

@@ -1,13 +1,15 @@
 """End to end, the analyzer on the exporters a fleet already runs, with nothing of dcwatch's on
-the node: (a) Debian's real node_exporter on a driven fixture tree, scraped by a real Prometheus
-at 1 s, read by the analyzer with ``--queries-preset node_exporter``; (b) a recorded dcgm-exporter
-exposition served with values varying each second, scraped by the analyzer itself (embedded mode)
-with ``--queries-preset dcgm``. Each analyzer fits on a minute of normal behaviour, then an
-injected fault raises DcwatchNodeAnomaly in a real Alertmanager, naming the preset's series.
+the node: (a) Debian's real node_exporter on a fixture tree whose sensors are driven, scraped by a
+real Prometheus at 1 s, read by the analyzer with ``--queries-preset node_exporter``; (b) a
+recorded dcgm-exporter exposition served with values varying on each scrape, scraped by the
+analyzer itself (embedded mode) with ``--queries-preset dcgm``. Each analyzer fits on a minute of
+normal behaviour, then an injected fault raises DcwatchNodeAnomaly in a real Alertmanager, naming
+the preset's series.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -24,6 +26,7 @@ from tests.detectors.test_presets import (
     node_exporter_binary,
     start_node_exporter,
 )
+from tests.e2e import test_analyzer_e2e
 from tests.e2e.dcwatch_procs import FAST_ALERTING, am_alerts, copy_tree, metric, start_analyzer
 from tests.e2e.test_analyzer_e2e import ALERT, TRAINING, Driver, fitted
 from tests.helpers import wait_until
@@ -64,22 +67,34 @@ def _fit_then_alert(analyzer: Proc, am: Proc, start_fault: object) -> dict:
 # --- (a) node_exporter -> Prometheus -> analyzer ------------------------------------------------
 
 
+def write_unpadded(fd: int, value: int) -> None:
+    """Like the kernel: the value and a line feed. node_exporter, unlike the agent, skips a
+    sensor whose file has trailing blanks (the Driver's padding); the driven values keep their
+    number of digits, so one write at offset 0 leaves nothing of an old value behind."""
+    os.pwrite(fd, f"{value}\n".encode(), 0)
+
+
 @pytest.fixture
-def node_exporter_stack(tmp_path: Path) -> Iterator[dict]:
+def node_exporter_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     _need(
         ("prometheus-node-exporter", node_exporter_binary()),
         ("prometheus", prometheus_binary()),
         ("prometheus-alertmanager", alertmanager_binary()),
     )
-    root = add_host_proc(copy_tree("gpu-node-a", tmp_path))
+    root = copy_tree("gpu-node-a", tmp_path)
     # The driven CPU sensor (hwmon3) becomes the hottest, so the preset's max follows it.
     for f in (root / "sys/class/hwmon/hwmon4").glob("temp*_input"):
         f.write_text("40000\n")
+    # node_exporter reads a still copy of proc/: the Driver's network counter grows by thread
+    # ticks, whose rate is heavy-tailed on a loaded machine (see test_analyzer_e2e); the fault
+    # is in the sensors, under sys/.
+    still = add_host_proc(copy_tree("gpu-node-a", tmp_path / "still")) / "proc"
+    monkeypatch.setattr(test_analyzer_e2e, "write_in_place", write_unpadded)
     driver = Driver(root)
     driver.thread.start()
     procs: list[Proc] = []
     try:
-        ne = start_node_exporter(tmp_path / "node_exporter", root)
+        ne = start_node_exporter(tmp_path / "node_exporter", root, procfs=still)
         procs.append(ne)
         prom = start_prometheus(tmp_path, [f"127.0.0.1:{ne.port}"], scrape_interval="1s")
         procs.append(prom)
