@@ -251,16 +251,20 @@ class Stack:
             p.wait(30)
 
 
+READ_POINTS = 2  # what a steady scoring pass reads (``Analyzer._points_needed``)
+
+
 async def read_split(url: str, nodes: int, reads: int) -> dict[str, float]:
-    """The scoring pass's read (latest 4 rows of the fleet) through PrometheusSource."""
+    """The scoring pass's read (latest ``READ_POINTS`` rows of the fleet) through
+    PrometheusSource."""
     src = PrometheusSource(PrometheusConfig(url=url))
     out = {"wall": 0.0, "wait": 0.0, "decode": 0.0, "align": 0.0, "prometheus": 0.0}
     try:
-        await src.latest(STEP, 4)  # warm
+        await src.latest(STEP, READ_POINTS)  # warm
         for _ in range(reads):
             before, eng = dict(src.seconds), prom_engine_seconds(url)
             t0 = time.perf_counter()
-            frames = await src.latest(STEP, 4)
+            frames = await src.latest(STEP, READ_POINTS)
             out["wall"] += time.perf_counter() - t0
             out["prometheus"] += prom_engine_seconds(url) - eng
             for k in ("wait", "decode", "align"):
@@ -353,7 +357,9 @@ def seed_models(state: Path, frame: Any, nodes: int) -> None:
         store.save(instance(n), model)
 
 
-def bench(nodes: int, history: float, sample: int, cold_seconds: float, passes: int) -> dict:
+def bench(
+    nodes: int, history: float, sample: int, cold_seconds: float, passes: int, fits: bool = True
+) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"fleet-{nodes}-"))
     stack = Stack(work, nodes, history)
     try:
@@ -361,9 +367,14 @@ def bench(nodes: int, history: float, sample: int, cold_seconds: float, passes: 
         res |= {"gen_s": stack.gen_s, "backfill_s": stack.backfill_s}
         res["read"] = asyncio.run(read_split(stack.url, nodes, 3))
         names = [instance(n) for n in range(0, nodes, max(1, nodes // sample))][:sample]
-        frames = asyncio.run(training_frames(stack.url, names, history))
-        res["fit"] = fit_times(frames)
-        res["cold"] = run_analyzer(stack.url, work / "cold", cold_seconds, 0)
+        frames = asyncio.run(training_frames(stack.url, names if fits else names[:1], history))
+        nan = float("nan")
+        res["fit"] = fit_times(frames) if fits else {"one": nan, "pool": nan, "dask": nan}
+        res["cold"] = (
+            run_analyzer(stack.url, work / "cold", cold_seconds, 0)
+            if fits
+            else {"peak_rss": nan, "fitted": nan}
+        )
         seed_models(work / "warm", frames[0], nodes)
         res["warm"] = run_analyzer(stack.url, work / "warm", 60 + passes * STEP * 2, passes)
         res["prom_rss"] = psutil.Process(stack.prom.pid).memory_info().rss
@@ -388,6 +399,8 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         f"{prometheus_version()}"
         " on the same machine; default queries and default analyzer settings "
         "(7 d training window, 1 h min_train, 15 s step, 1 fit worker).",
+        "",
+        f"Read columns: the latest {READ_POINTS} rows of the fleet.",
         "",
         "| nodes | read (wall) | wait | Prometheus engine | decode | align | cols/node "
         "| pass: read | score | send | pass | RSS scoring | RSS cold start (fits) | "
@@ -432,6 +445,9 @@ def main() -> None:
     ap.add_argument("--fit-sample", type=int, default=16, help="nodes fitted to time fits")
     ap.add_argument("--cold-seconds", type=float, default=120.0)
     ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument(
+        "--no-fits", action="store_true", help="skip fit timings and the cold start (scoring only)"
+    )
     ap.add_argument("--serve", type=int, nargs=2, help=argparse.SUPPRESS)  # nodes port
     ap.add_argument("--out", type=Path, default=REPO / "bench/reports/fleet_scale.md")
     args = ap.parse_args()
@@ -441,7 +457,14 @@ def main() -> None:
     results = []
     for n in args.nodes or [1000]:
         results.append(
-            bench(n, parse_duration(args.history), args.fit_sample, args.cold_seconds, args.passes)
+            bench(
+                n,
+                parse_duration(args.history),
+                args.fit_sample,
+                args.cold_seconds,
+                args.passes,
+                not args.no_fits,
+            )
         )
         print(results[-1], flush=True)
     text = report(results, args)

@@ -114,15 +114,19 @@ def build_frames(
     """Assemble frames from ``{instance: {(query_index, name, per, per_value): column}}``.
 
     Columns come out in query order, then by label value (numbers numerically: gpu 2 before 10),
-    so both sources give identical column orders.
+    so both sources give identical column orders. Nodes of a fleet mostly share their columns:
+    the order and names are worked out once per distinct set of keys, not once per node.
     """
     frames = {}
+    layouts: dict[tuple[ColumnKey, ...], tuple[list[ColumnKey], tuple[str, ...]]] = {}
     for instance, cols in parts.items():
-        keys = sorted(cols, key=lambda k: (k[0], _natural_key(k[3] or "")))
-        values = np.empty((len(grid), len(keys)))
-        for j, k in enumerate(keys):
-            values[:, j] = cols[k]
-        names = tuple(column_name(k[1], k[2], k[3]) for k in keys)
+        seen = tuple(cols)
+        layout = layouts.get(seen)
+        if layout is None:
+            keys = sorted(seen, key=lambda k: (k[0], _natural_key(k[3] or "")))
+            layout = layouts[seen] = (keys, tuple(column_name(k[1], k[2], k[3]) for k in keys))
+        keys, names = layout
+        values = np.stack([cols[k] for k in keys], axis=1) if keys else np.empty((len(grid), 0))
         frames[instance] = Frame(grid, names, values)
     return frames
 

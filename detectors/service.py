@@ -53,6 +53,7 @@ class NodeState:
     next_fit_try: float = 0.0
     fitting: bool = False
     scored_rows: int = 0
+    seen: int = -1  # the last pass whose read had this node (``Analyzer.passes`` then)
     alert_key: str = ""  # the firing alert's identity, fixed for the whole incident
     device: dict[str, str] = field(default_factory=dict)  # implicated gpu/device, fixed too
     # [start, end] of recent alerts (end None while open): a refit does not learn from them, so
@@ -193,6 +194,7 @@ class Analyzer:
         due: list[NodeState] = []
         for instance, frame in frames.items():
             node = self.nodes[instance]
+            node.seen = self.passes
             if node.model is not None:
                 await self._score_node(node, frame)
             if self._fit_due(node, now):
@@ -205,15 +207,24 @@ class Analyzer:
         self.passes += 1
 
     def _points_needed(self, now: float) -> int:
+        """Grid times the pass reads: back to the oldest newest-scored row of the nodes the last
+        read had (at most ``BACKFILL_POINTS``), at least 2 (the new row and one already scored,
+        which the model skips: a margin for a pass that runs early or late).
+
+        The models keep their streaming state (feature history, smoothing tail) and Prometheus
+        computes counter rates, so no older row is needed. A node that left the fleet is not
+        counted: its old ``last_ts_`` would make every pass read the backfill for everyone."""
         last = [
             n.model.last_ts_
             for n in self.nodes.values()
-            if n.model is not None and math.isfinite(n.model.last_ts_)
+            if n.model is not None
+            and math.isfinite(n.model.last_ts_)
+            and (n.seen == self.passes - 1 or self.passes == 0)
         ]
         if not last:
-            return 4
-        behind = int((now - min(last)) / self.cfg.model.step) + 2
-        return max(4, min(BACKFILL_POINTS, behind))
+            return 2
+        behind = math.ceil((now - min(last)) / self.cfg.model.step - 1e-9)
+        return max(2, min(BACKFILL_POINTS, behind))
 
     async def _score_node(self, node: NodeState, frame: Frame) -> None:
         model = node.model

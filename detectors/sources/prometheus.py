@@ -16,9 +16,10 @@ through ``/api/v1/label/instance/values`` (Prometheus' index: no samples read) a
 most ``instance_batch`` instances per request, so Prometheus reads only those nodes' series and
 no answer grows with the fleet.
 
-Decoding answers is the expensive part (about 1 s per million points, half of it the garbage
-collector walking fresh lists), so it runs off the event loop with the collector paused, and uses
-orjson when it happens to be installed (not a dependency: it saves another ~25%).
+Decoding answers runs off the event loop with the garbage collector paused (it would walk the
+fresh lists again and again), columnar (:func:`decode_columns`: all points of an answer in one
+pair of arrays, no Python loop per point), with orjson when it happens to be installed (not a
+dependency: with this decoder it saves ~15% of the JSON parse, measured).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,9 +158,40 @@ class BadAnswer(ValueError):
     error page or a Prometheus restarting)."""
 
 
+@dataclass(frozen=True, eq=False)
+class Matrix:
+    """A decoded ``query_range`` answer, columnar: series ``i`` (``labels[i]``) holds the points
+    ``offsets[i]:offsets[i + 1]`` of ``times`` and ``values``; series without samples are left
+    out. One pair of arrays for the whole answer, so placing it on a grid is a few array
+    operations rather than a few per series."""
+
+    labels: list[dict[str, str]]
+    offsets: np.ndarray  # int64, len(labels) + 1
+    times: np.ndarray  # float64
+    values: np.ndarray  # float64, non-finite as NaN
+
+    def series(self) -> list[Series]:
+        """Per series ``(labels, times, values)``, the arrays views of the matrix's."""
+        if not self.labels:
+            return []
+        cuts = self.offsets[1:-1]
+        return list(
+            zip(self.labels, np.split(self.times, cuts), np.split(self.values, cuts), strict=True)
+        )
+
+
 def decode_matrix(body: bytes) -> list[Series]:
     """A ``query_range`` answer as ``(labels, times, values)`` per series; non-finite values
     (``NaN``, ``±Inf``) come out as NaN. Raises :class:`BadAnswer` for anything but a matrix."""
+    return decode_columns(body).series()
+
+
+def decode_columns(body: bytes) -> Matrix:
+    """:func:`decode_matrix` as one :class:`Matrix`.
+
+    The points of all series are converted at once (one ``np.array`` for the timestamps, one for
+    the values' strings) after a type check done with ``map`` (no Python loop per point); an
+    answer that fails the fast path is decoded series by series, which names the bad series."""
     with gc_paused():
         try:
             doc = _loads(body)
@@ -176,7 +209,59 @@ def decode_matrix(body: bytes) -> list[Series]:
         result = data.get("result")
         if not isinstance(result, list):
             raise BadAnswer(f"result is {_kind(result)}, not a list")
-        return [s for i, r in enumerate(result) if (s := _series(i, r)) is not None]
+        return _fast_columns(result) or _slow_columns(result)
+
+
+def _fast_columns(result: list[Any]) -> Matrix | None:
+    """The whole answer's points in two conversions; None when anything is not as Prometheus
+    writes it (then :func:`_slow_columns` decides, and names the culprit)."""
+    labels: list[dict[str, str]] = []
+    points: list[list[Any]] = []
+    for r in result:
+        if type(r) is not dict:
+            return None
+        metric, values = r.get("metric"), r.get("values")
+        if type(metric) is not dict or type(values) is not list:
+            return None  # also a series without "values" (native histograms): rare, slow path
+        if values:
+            labels.append(metric)
+            points.append(values)
+    # JSON object keys are strings: only the label values need a look.
+    if not set(map(type, chain.from_iterable(map(dict.values, labels)))) <= {str}:
+        return None
+    pairs = list(chain.from_iterable(points))
+    if set(map(type, pairs)) - {list} or set(map(len, pairs)) - {2}:
+        return None
+    flat = list(chain.from_iterable(pairs))
+    ts_raw, vals_raw = flat[0::2], flat[1::2]
+    if set(map(type, ts_raw)) - {int, float} or set(map(type, vals_raw)) - {str}:
+        return None
+    try:
+        ts = np.array(ts_raw, dtype=np.float64)
+        vals = np.array(vals_raw, dtype=np.float64)  # "1.5", "NaN", "+Inf"
+    except (ValueError, OverflowError):
+        return None
+    if not np.isfinite(ts).all():
+        return None
+    vals[~np.isfinite(vals)] = np.nan
+    offsets = np.zeros(len(points) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, points), np.int64, len(points)), out=offsets[1:])
+    return Matrix(labels, offsets, ts, vals)
+
+
+def _slow_columns(result: list[Any]) -> Matrix:
+    """Series by series, each checked on its own (:func:`_series`)."""
+    series = [s for i, r in enumerate(result) if (s := _series(i, r)) is not None]
+    offsets = np.zeros(len(series) + 1, dtype=np.int64)
+    np.cumsum([len(t) for _, t, _ in series], out=offsets[1:])
+    if not series:
+        return Matrix([], offsets, np.zeros(0), np.zeros(0))
+    return Matrix(
+        [lab for lab, _, _ in series],
+        offsets,
+        np.concatenate([t for _, t, _ in series]),
+        np.concatenate([v for _, _, v in series]),
+    )
 
 
 def _series(i: int, r: Any) -> Series | None:
@@ -222,10 +307,10 @@ def _decode_values(body: bytes) -> list[str]:
     return [v for v in data if isinstance(v, str)]
 
 
-def _decode_counted(body: bytes) -> tuple[list[Series], int]:
-    """:func:`decode_matrix` and the number of non-finite samples it turned into NaN."""
-    series = decode_matrix(body)
-    return series, sum(int(np.isnan(v).sum()) for _, _, v in series)
+def _decode_counted(body: bytes) -> tuple[Matrix, int]:
+    """:func:`decode_columns` and the number of non-finite samples it turned into NaN."""
+    m = decode_columns(body)
+    return m, int(np.isnan(m.values).sum())
 
 
 def _kind(v: Any) -> str:
@@ -362,12 +447,17 @@ class PrometheusSource:
         headers: dict[str, str] | None = None,
     ) -> list[Series]:
         """One ``query_range`` request, retried on transient failures."""
+        return (await self._query_matrix(query, start, end, step, headers)).series()
+
+    async def _query_matrix(
+        self, query: str, start: float, end: float, step: float, headers: dict[str, str] | None
+    ) -> Matrix:
         params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-        series, nonfinite = await self._call("query_range", params, _decode_counted, headers)
+        matrix, nonfinite = await self._call("query_range", params, _decode_counted, headers)
         if nonfinite:
             self.nonfinite_values += nonfinite
             self._warn_once(query[:120], "answers NaN or ±Inf samples: kept out as no data")
-        return series
+        return matrix
 
     async def _call(
         self,
@@ -464,13 +554,11 @@ class PrometheusSource:
             query = q.query if batch is None else with_instances(q.query, batch) or q.query
             async with sem:
                 try:
-                    series = await self.query_range(
-                        query, grid[lo], grid[hi - 1], step, headers=headers
-                    )
+                    matrix = await self._query_matrix(query, grid[lo], grid[hi - 1], step, headers)
                 except (QueryError, SourceError) as e:
                     return str(e)
             t0 = time.perf_counter()
-            self._place(cols, grid, lo, hi, step, qi, q, series, batch)
+            self._place(cols, grid, lo, hi, step, qi, q, matrix, batch)
             self.seconds["align"] += time.perf_counter() - t0
             return ""
 
@@ -503,17 +591,28 @@ class PrometheusSource:
         step: float,
         qi: int,
         q: NamedQuery,
-        series: list[Series],
+        matrix: Matrix,
         batch: list[str] | None = None,
     ) -> None:
         """Put one chunk's series on the grid, combining series that share a column (only the
-        ``batch``'s instances, when one is given: a query the rewrite could not restrict)."""
-        groups: dict[tuple[str, str | None], list[np.ndarray]] = {}
+        ``batch``'s instances, when one is given: a query the rewrite could not restrict).
+
+        All points land in one ``(series, hi - lo)`` block in one scatter; a column is a row of
+        it (a view when the chunk is the whole grid), or the ``agg`` of the rows that share it."""
+        n = len(matrix.labels)
+        if not n:
+            return
+        width = hi - lo
+        block = np.full((n, width), np.nan)
+        idx = np.rint((matrix.times - grid[lo]) / step).astype(np.int64)
+        row = np.repeat(np.arange(n), np.diff(matrix.offsets))
+        ok = (idx >= 0) & (idx < width)
+        block[row[ok], idx[ok]] = matrix.values[ok]
+        groups: dict[tuple[str, str | None], list[int]] = {}
         keep = None if batch is None else set(batch)
-        for labels, ts, vals in series:
+        per = q.per
+        for i, labels in enumerate(matrix.labels):
             instance = labels.get("instance")
-            if keep is not None and instance is not None and instance not in keep:
-                continue
             if instance is None:
                 self._warn_once(
                     q.name,
@@ -521,16 +620,18 @@ class PrometheusSource:
                     "instance in by (...) to use them",
                 )
                 continue
-            idx = np.rint((ts - grid[lo]) / step).astype(np.int64)
-            ok = (idx >= 0) & (idx < hi - lo)
-            col = np.full(hi - lo, np.nan)
-            col[idx[ok]] = vals[ok]
-            groups.setdefault((instance, labels.get(q.per) if q.per else None), []).append(col)
-        for (instance, value), arrs in groups.items():
-            full = cols.setdefault(instance, {}).setdefault(
-                (qi, q.name, q.per, value), np.full(len(grid), np.nan)
-            )
-            full[lo:hi] = combine(arrs, q.agg)
+            if keep is not None and instance not in keep:
+                continue
+            groups.setdefault((instance, labels.get(per) if per else None), []).append(i)
+        whole = lo == 0 and hi == len(grid)
+        for (instance, value), rows in groups.items():
+            col = block[rows[0]] if len(rows) == 1 else combine([block[r] for r in rows], q.agg)
+            node = cols.setdefault(instance, {})
+            key = (qi, q.name, per, value)
+            if whole and key not in node:
+                node[key] = col
+            else:
+                node.setdefault(key, np.full(len(grid), np.nan))[lo:hi] = col
 
     def _warn_once(self, name: str, msg: str) -> None:
         if (name, msg) not in self._warned:

@@ -116,6 +116,22 @@ def test_build_frames_orders_columns_by_query_then_label_naturally() -> None:
     assert str(df.index.tz) == "UTC" and df.index[1].timestamp() == 15
 
 
+def test_build_frames_gives_each_node_its_own_columns() -> None:
+    grid = arr(0, 15)
+    parts = {
+        "n1:9478": {(1, "b", None, None): arr(1, 2), (0, "a", "gpu", "1"): arr(3, 4)},
+        "n2:9478": {(1, "b", None, None): arr(5, 6), (0, "a", "gpu", "1"): arr(7, 8)},
+        "n3:9478": {(1, "b", None, None): arr(9, 10)},  # a node without GPUs
+        "n4:9478": {},
+    }
+    frames = build_frames(grid, parts)
+    assert frames["n1:9478"].columns == frames["n2:9478"].columns == ('a{gpu="1"}', "b")
+    np.testing.assert_array_equal(frames["n2:9478"].values, [[7, 5], [8, 6]])
+    assert frames["n3:9478"].columns == ("b",)
+    np.testing.assert_array_equal(frames["n3:9478"].column("b"), arr(9, 10))
+    assert frames["n4:9478"].values.shape == (2, 0)
+
+
 def test_fill_gaps_forward_fills_short_gaps_and_drops_the_rest() -> None:
     v = np.array(
         [

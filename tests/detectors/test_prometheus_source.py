@@ -19,9 +19,11 @@ from aiohttp.test_utils import TestServer
 from dcwatch.detectors.shard import Shard
 from dcwatch.detectors.sources.base import SourceError
 from dcwatch.detectors.sources.prometheus import (
+    BadAnswer,
     PrometheusConfig,
     PrometheusSource,
     chunks,
+    decode_columns,
     decode_matrix,
     gc_paused,
 )
@@ -268,6 +270,55 @@ def test_decode_matrix_handles_special_values_and_restores_gc() -> None:
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def _matrix_body(result: list[Any]) -> bytes:
+    return json.dumps(
+        {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    ).encode()
+
+
+def test_decode_columns_puts_every_series_in_one_pair_of_arrays() -> None:
+    body = _matrix_body(
+        [
+            {"metric": {"instance": "a", "gpu": "0"}, "values": [[10, "1"], [25.5, "-Inf"]]},
+            {"metric": {"instance": "b"}, "values": []},  # no samples: left out
+            {"metric": {"instance": "c"}, "values": [[40, "2.5e3"]]},
+        ]
+    )
+    m = decode_columns(body)
+    assert m.labels == [{"instance": "a", "gpu": "0"}, {"instance": "c"}]
+    np.testing.assert_array_equal(m.offsets, [0, 2, 3])
+    np.testing.assert_array_equal(m.times, [10, 25.5, 40])
+    assert m.values[0] == 1 and np.isnan(m.values[1]) and m.values[2] == 2500
+    series = decode_matrix(body)
+    assert [lab for lab, _, _ in series] == m.labels
+    np.testing.assert_array_equal(series[1][1], [40])
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([[1, 2]], 'series 1: values are not [timestamp, "number"] pairs'),  # a number, not text
+        ([[1, "x"]], 'series 1: values are not [timestamp, "number"] pairs'),
+        ([["1", "2"]], 'series 1: values are not [timestamp, "number"] pairs'),
+        ([[1, "2", 3]], 'series 1: values are not [timestamp, "number"] pairs'),
+        ({"a": 1}, "series 1: values is a dict, not a list"),
+    ],
+)
+def test_decode_names_the_bad_series_as_before(bad: Any, message: str) -> None:
+    good = {"metric": {"instance": "a"}, "values": [[1, "1"]]}
+    body = _matrix_body([good, {"metric": {"instance": "b"}, "values": bad}])
+    with pytest.raises(BadAnswer, match=re.escape(message)):
+        decode_columns(body)
+    with pytest.raises(BadAnswer, match=re.escape(message)):
+        decode_matrix(body)
+
+
+def test_decode_keeps_a_series_without_values_out() -> None:
+    body = _matrix_body([{"metric": {"instance": "a"}}, {"metric": {}, "values": [[1, "1"]]}])
+    ((labels, ts, vals),) = decode_matrix(body)  # the slow path, same answer
+    assert labels == {} and list(ts) == [1.0] and list(vals) == [1.0]
 
 
 # --- malformed answers, non-finite values, oversized answers, credentials -------------------

@@ -8,7 +8,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -21,7 +21,8 @@ from dcwatch.detectors.config import load_analyzer_config
 from dcwatch.detectors.frame import Frame
 from dcwatch.detectors.main import main as analyzer_main
 from dcwatch.detectors.models.fitting import FitBackend
-from dcwatch.detectors.service import Analyzer
+from dcwatch.detectors.models.node import NodeModel
+from dcwatch.detectors.service import BACKFILL_POINTS, Analyzer, NodeState
 from dcwatch.detectors.sources.base import SourceError, TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery
 from dcwatch.detectors.web.app import ANALYZER, SENDER, make_app
@@ -522,3 +523,26 @@ async def test_fits_never_read_the_fleet_nor_a_cold_nodes_window(
         }
     finally:
         await an.close()
+
+
+async def test_a_pass_reads_only_the_rows_it_has_not_scored(tmp_path: Path) -> None:
+    t0 = 1_700_000_100.0
+    cfg = config(tmp_path)
+    an = Analyzer(cfg, FakeSource(t0), AlertSender(cfg.alerting))
+
+    class Model:  # all that ``_points_needed`` looks at
+        def __init__(self, last_ts: float) -> None:
+            self.last_ts_ = last_ts
+
+    def node(name: str, last_ts: float, seen: int) -> NodeState:
+        return NodeState(name, model=cast(NodeModel, Model(last_ts)), seen=seen)
+
+    an.nodes = {"a": node("a", t0 - STEP, 0), "b": node("b", t0 - STEP, 0)}
+    assert an._points_needed(t0) == 2  # after a restart (no read yet): the fitted nodes
+    an.passes = 1
+    assert an._points_needed(t0 + 3) == 2  # one new row, and one already scored as a margin
+    an.nodes["b"].model = cast(NodeModel, Model(t0 - 10 * STEP))  # b was missed for a while
+    assert an._points_needed(t0) == 10
+    assert an._points_needed(t0 + 1e6) == BACKFILL_POINTS
+    an.nodes["b"].seen = -1  # b left the fleet: its old row does not make everyone read more
+    assert an._points_needed(t0) == 2
