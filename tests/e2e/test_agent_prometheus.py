@@ -103,6 +103,7 @@ def test_prometheus_scrapes_agent(stack: tuple[Proc, Proc, CounterWriter]) -> No
         "power": "1",
         "thermal": "1",
         "network": "1",
+        "workload": "1",
         "self": "1",
     }
     assert prom_query(prom.url, 'dcwatch_network_receive_bytes_total{device=~"lo|veth.*"}') == []
