@@ -24,8 +24,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from dcwatch.detectors.models.persist import State, array, expect, integer, number, params
-from dcwatch.detectors.models.residual import fit_tail, surprise
+from dcwatch.detectors.models.persist import State, expect, params
+from dcwatch.detectors.models.residual import fit_tail, load_tail, surprise, tail_state
 
 
 def cusum(
@@ -129,24 +129,11 @@ class OnsetDetector(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     def state(self) -> State:
-        check_is_fitted(self, "grid_")
-        return {
-            "params": self.get_params(),
-            "n_features_in": self.n_features_in_,
-            "grid": self.grid_,
-            "knots": self.knots_,
-            "tail_scale": self.tail_scale_,
-            "offset": self.offset_,
-        }
+        return tail_state(self)
 
     @classmethod
     def from_state(cls, state: State) -> OnsetDetector:
-        det = cls(**params(state))
-        det.n_features_in_ = integer(state, "n_features_in")
-        det.grid_ = array(state, "grid", np.float64, 2)
-        det.knots_ = array(state, "knots", np.float64, 1)
-        det.tail_scale_ = array(state, "tail_scale", np.float64, 1)
-        det.offset_ = number(state, "offset")
+        det = load_tail(cls(**params(state)), state)
         m = det.n_features_in_
         expect(det.grid_.shape == (len(det.knots_), m) and len(det.knots_) > 0, "grid is (K, m)")
         expect(det.tail_scale_.shape == (m,), "one tail scale per column")

@@ -15,6 +15,8 @@ in many). ``surprises`` returns the whole matrix for the contributors and the en
 
 from __future__ import annotations
 
+from typing import Any, Protocol, TypeVar
+
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
@@ -101,28 +103,54 @@ class RobustResidualDetector(OutlierMixin, BaseEstimator):
 
     def state(self) -> State:
         """The fitted detector as data (``dcwatch.detectors.models.persist``)."""
-        check_is_fitted(self, "grid_")
-        return {
-            "params": self.get_params(),
-            "n_features_in": self.n_features_in_,
-            "grid": self.grid_,
-            "knots": self.knots_,
-            "tail_scale": self.tail_scale_,
-            "offset": self.offset_,
-        }
+        return tail_state(self)
 
     @classmethod
     def from_state(cls, state: State) -> RobustResidualDetector:
-        det = cls(**params(state))
-        det.n_features_in_ = integer(state, "n_features_in")
-        det.grid_ = array(state, "grid", np.float64, 2)
-        det.knots_ = array(state, "knots", np.float64, 1)
-        det.tail_scale_ = array(state, "tail_scale", np.float64, 1)
-        det.offset_ = number(state, "offset")
+        det = load_tail(cls(**params(state)), state)
         m = 2 * det.n_features_in_
         expect(det.grid_.shape == (len(det.knots_), m) and len(det.knots_) > 0, "grid is (K, 2d)")
         expect(det.tail_scale_.shape == (m,), "one tail scale per feature side")
         return det
+
+
+class TailCalibrated(Protocol):
+    """What :func:`tail_state` and :func:`load_tail` read and set (residual and onset)."""
+
+    n_features_in_: int
+    grid_: np.ndarray
+    knots_: np.ndarray
+    tail_scale_: np.ndarray
+    offset_: float
+
+    def get_params(self, deep: bool = ...) -> dict[str, Any]: ...
+
+
+def tail_state(det: TailCalibrated) -> State:
+    """A tail-calibrated detector's fitted state as data: the one layout both detectors share."""
+    check_is_fitted(det, "grid_")
+    return {
+        "params": det.get_params(),
+        "n_features_in": det.n_features_in_,
+        "grid": det.grid_,
+        "knots": det.knots_,
+        "tail_scale": det.tail_scale_,
+        "offset": det.offset_,
+    }
+
+
+T = TypeVar("T", bound=TailCalibrated)
+
+
+def load_tail(det: T, state: State) -> T:
+    """Set ``det``'s fitted attributes from :func:`tail_state`'s layout (shapes checked by the
+    caller, which knows how many columns it calibrates)."""
+    det.n_features_in_ = integer(state, "n_features_in")
+    det.grid_ = array(state, "grid", np.float64, 2)
+    det.knots_ = array(state, "knots", np.float64, 1)
+    det.tail_scale_ = array(state, "tail_scale", np.float64, 1)
+    det.offset_ = number(state, "offset")
+    return det
 
 
 def fit_tail(D: np.ndarray, tail_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
