@@ -174,6 +174,21 @@ def png_stats(data: bytes) -> tuple[int, int, float]:
     return width, height, float(np.count_nonzero(pixels)) / pixels.size
 
 
+async def drive_to_an_alert(an: Any, src: Any, t0: float) -> float:
+    """Cold start, a fit after 30 min of history, then GPU 1 overheats until node-1 alerts."""
+    t = t0
+    while t <= t0 + 2400:
+        await an.score_pass(t)
+        await an.wait_fits()
+        t += SCORE_STEP
+    src.fault, src.fault_from = True, t
+    for _ in range(8):
+        await an.score_pass(t)
+        t += SCORE_STEP
+    assert an.nodes["node-1:9478"].anomaly
+    return t
+
+
 async def test_overview_page_in_headless_chromium(aiohttp_server, tmp_path: Path) -> None:
     chromium()
     now = time.time() // 60 * 60
@@ -189,16 +204,7 @@ async def test_overview_page_in_headless_chromium(aiohttp_server, tmp_path: Path
     server = await aiohttp_server(app, port=free_port())
     an, planner = app[ANALYZER], app[PLANNER]
     # The node: cold start, fit after 30 min, then GPU 1 overheats.
-    t = t0
-    while t <= t0 + 2400:
-        await an.score_pass(t)
-        await an.wait_fits()
-        t += SCORE_STEP
-    src.fault, src.fault_from = True, t
-    for _ in range(8):
-        await an.score_pass(t)
-        t += SCORE_STEP
-    assert an.nodes["node-1:9478"].anomaly
+    await drive_to_an_alert(an, src, t0)
     await planner.evaluate(now)
     await planner.wait_fits()
     await planner.evaluate(now)
@@ -284,16 +290,7 @@ async def test_node_page_and_links_in_headless_chromium(aiohttp_server, tmp_path
     app = make_app(cfg, source=src, run_loop=False)
     server = await aiohttp_server(app, port=free_port())
     an = app[ANALYZER]
-    t = t0
-    while t <= t0 + 2400:
-        await an.score_pass(t)
-        await an.wait_fits()
-        t += SCORE_STEP
-    src.fault, src.fault_from = True, t
-    for _ in range(8):
-        await an.score_pass(t)
-        t += SCORE_STEP
-    assert an.nodes["node-1:9478"].anomaly
+    await drive_to_an_alert(an, src, t0)
     base = f"http://127.0.0.1:{server.port}"
 
     async with browser(tmp_path / "chromium") as dt:
