@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import zlib
@@ -306,8 +307,13 @@ def fit_times(frames: list[Any]) -> dict[str, float]:
     return {"one": one, "pool": pool_s, "dask": dask_s}
 
 
+RSS_LIMIT = 8 * 2**30  # abort the analyzer (and say so) past this; set by --rss-limit-gib
+
+
 def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str, Any]:
-    """``dcwatch analyzer`` with default settings; its peak RSS and its passes' phases."""
+    """``dcwatch analyzer`` with default settings; its peak RSS and its passes' phases.
+
+    Stopped early, with ``aborted`` set, if it and its workers pass ``RSS_LIMIT``."""
     port = free_port()
     cmd = [
         str(REPO / ".venv/bin/dcwatch"),
@@ -319,12 +325,35 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
     ]
     proc = subprocess.Popen(cmd)
     ps = psutil.Process(proc.pid)
-    peak, phases, seen = 0, [], 0
+    phases, seen = [], 0
+    fitted = None
+    rss_state = {"peak": 0, "aborted": False}
+    done = threading.Event()
+
+    def sample_rss() -> None:
+        # its own thread: the /metrics poll below can block for seconds while the analyzer's
+        # loop is busy (loading models, a long pass), and the peak is often then
+        while not done.is_set():
+            try:
+                procs = [ps, *ps.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs)
+            except psutil.Error:
+                rss = 0
+            rss_state["peak"] = max(rss_state["peak"], rss)
+            if rss > RSS_LIMIT:
+                rss_state["aborted"] = True
+                print(f"analyzer RSS {rss / 2**30:.1f} GiB > limit: stopped", flush=True)
+                proc.terminate()
+                return
+            done.wait(0.5)
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
     t_end = time.time() + seconds
     try:
         while time.time() < t_end and (passes == 0 or len(phases) < passes):
-            rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
-            peak = max(peak, rss)
+            if rss_state["aborted"]:
+                break
             try:
                 text = get(f"http://127.0.0.1:{port}/metrics")
             except OSError:
@@ -343,9 +372,16 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
             fitted = metric_value(text, "dcwatch_nodes", state="fitted")
             time.sleep(0.5)
     finally:
+        done.set()
+        sampler.join(5)
         proc.terminate()
         proc.wait(60)
-    return {"peak_rss": peak, "passes": phases, "fitted": fitted}
+    return {
+        "peak_rss": rss_state["peak"],
+        "passes": phases,
+        "fitted": fitted,
+        "aborted": rss_state["aborted"],
+    }
 
 
 def seed_models(state: Path, frame: Any, nodes: int) -> None:
@@ -420,9 +456,16 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
             f"| {rd['decode']:.2f} s | {rd['align']:.2f} s | {rd['columns']:.0f} "
             f"| {med['read']:.2f} s | {med['score']:.2f} s | {med['send']:.3f} s "
             f"| {med['pass']:.2f} s "
-            f"| {r['warm']['peak_rss'] / mib:.0f} MiB | {r['cold']['peak_rss'] / mib:.0f} MiB "
-            f"({r['cold']['fitted'] or 0:.0f} fitted in {args.cold_seconds:.0f} s) "
-            f"| {ft['one']:.2f} s | {n * ft['pool'] / 60:.1f} min | {n * ft['dask'] / 60:.1f} min |"
+            f"| {r['warm']['peak_rss'] / mib:.0f} MiB"
+            f"{' (stopped: over the RSS limit)' if r['warm'].get('aborted') else ''}"
+            + (
+                " | not run (`--no-fits`) | – | – | – |"
+                if args.no_fits
+                else f" | {r['cold']['peak_rss'] / mib:.0f} MiB "
+                f"({r['cold']['fitted'] or 0:.0f} fitted in {args.cold_seconds:.0f} s) "
+                f"| {ft['one']:.2f} s | {n * ft['pool'] / 60:.1f} min "
+                f"| {n * ft['dask'] / 60:.1f} min |"
+            )
         )
     lines += [
         "",
@@ -449,8 +492,17 @@ def main() -> None:
         "--no-fits", action="store_true", help="skip fit timings and the cold start (scoring only)"
     )
     ap.add_argument("--serve", type=int, nargs=2, help=argparse.SUPPRESS)  # nodes port
-    ap.add_argument("--out", type=Path, default=REPO / "bench/reports/fleet_scale.md")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench/reports/fleet_scale.md",
+        help="report; if it exists, the rows of the N measured here replace theirs and the "
+        "other rows and all text around the table are kept",
+    )
+    ap.add_argument("--rss-limit-gib", type=float, default=8.0, help="stop the analyzer past this")
     args = ap.parse_args()
+    global RSS_LIMIT
+    RSS_LIMIT = int(args.rss_limit_gib * 2**30)
     if args.serve:
         serve(*args.serve)
         return
@@ -468,8 +520,41 @@ def main() -> None:
         )
         print(results[-1], flush=True)
     text = report(results, args)
-    args.out.write_text(text)
     print(text)
+    args.out.write_text(merge(args.out.read_text(), text) if args.out.exists() else text)
+
+
+def merge(old: str, new: str) -> str:
+    """``old`` with the table rows of ``new`` put in (one row per N, sorted by N; a row of an N
+    measured again is replaced) and its ``Per N:`` entries likewise; all other text of ``old``
+    (hand-written notes) is kept as it is."""
+
+    def rows(text: str) -> dict[int, str]:
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r"\| ([\d,]+) \|", line)
+            if m:
+                out.setdefault(int(m[1].replace(",", "")), line)
+        return out
+
+    def per_n(text: str) -> dict[int, str]:
+        line = next((x for x in text.splitlines() if x.startswith("Per N: ")), "")
+        parts = [p.strip() for p in line.removeprefix("Per N: ").split(";") if p.strip()]
+        return {int(p.split(" ", 1)[0].replace(",", "")): p for p in parts}
+
+    table = rows(old) | rows(new)
+    notes = per_n(old) | per_n(new)
+    lines, done = [], False
+    for line in old.splitlines():
+        if re.match(r"\| ([\d,]+) \|", line) and line in rows(old).values():
+            if not done:
+                lines += [table[n] for n in sorted(table)]
+                done = True
+            continue
+        if line.startswith("Per N: "):
+            line = "Per N: " + "; ".join(notes[n] for n in sorted(notes))
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if old.endswith("\n") else "")
 
 
 if __name__ == "__main__":
