@@ -69,17 +69,6 @@ CANDIDATES: dict[str, ModelConfig] = {
     "long window 240": _feat(long_window=240),
     "release 0.7": _dec(release=0.7),
     "for 2": _dec(for_points=2),
-    "release 0.5, hold 2": _dec(release=0.5, hold_points=2),
-    "release 0.7, hold 10": _dec(release=0.7, hold_points=10),
-    "level, alerts/week 0.15": replace(
-        _feat(kinds=LEVEL), decisions=replace(DEFAULTS.decisions, alerts_per_week=0.15)
-    ),
-    "hold baseline 120": replace(DEFAULTS, freeze_points=120),
-    "hold baseline 480": replace(DEFAULTS, freeze_points=480),
-    "hold baseline 480, release 0.7": replace(_dec(release=0.7), freeze_points=480),
-    "short window 5": _feat(short_window=5),
-    "long window 30": _feat(long_window=30),
-    "release 0.5, hold 2, alerts/week 0.3": _dec(release=0.5, hold_points=2, alerts_per_week=0.3),
 }
 
 Result = tuple[ev.Metrics, float]  # pooled metrics, best-threshold point F1

@@ -13,10 +13,9 @@ For each series up to three residuals of a cheap forecast are built (``FeatureCo
 - ``level``: value minus its time-of-day profile, with no trailing median: the deviation from what
   training knew. ``short`` and ``season`` subtract trailing medians, so a lasting level shift or a
   slow ramp is absorbed within a window and leaves the residuals; ``level`` keeps scoring while the
-  shift lasts; its tail calibration (``models.residual``) sets how far a series must stray from
-  its training range to count. Off by default: in the leave-one-family-out backtests
-  (``bench/detect_lofo.py``) test levels drift away from training ones in normal operation too,
-  and the long alerts that follow cost more point precision than the recall they add.
+  shift lasts. Off by default unless the leave-one-family-out choice picked it (see
+  ``bench/detect_lofo.py``); its tail calibration (``models.residual``) sets how far a series must
+  stray from its training range to count.
 
 Each residual is centred and scaled with its training median and a robust scale, so the output is a
 matrix of robust z-scores. Series that are constant (or empty) in training are dropped, gaps are
@@ -287,31 +286,15 @@ class FeatureBuilder:
         return self.transform_values(ts, raw, history)
 
     def transform_values(
-        self,
-        ts: np.ndarray,
-        raw: np.ndarray,
-        history: History | None,
-        held_level: np.ndarray | None = None,
+        self, ts: np.ndarray, raw: np.ndarray, history: History | None
     ) -> FeatureBlock:
-        """Like ``transform`` on arrays: ``raw`` is (n, n_kept_columns) with NaN for gaps.
-
-        ``held_level`` (one value per column, see ``season_level``) replaces the ``season``
-        residual's trailing median: a node in alert holds the level it had when the alert began,
-        so a lasting fault is not learnt as the new normal while it lasts. The trailing windows
-        then see the held forecast for these rows instead of their values, so they do not learn
-        the fault either (its end would otherwise read as a fault of its own).
-        """
+        """Like ``transform`` on arrays: ``raw`` is (n, n_kept_columns) with NaN for gaps."""
         hist = history if history is not None else self.empty_history()
         start_fill = hist.values[-1] if len(hist.values) else self.fill_
         values = ffill(np.vstack([start_fill[None, :], raw]), self.fill_)[1:]
-        context = None
-        if held_level is not None:
-            context = self.profile_[self._phase(ts)] + held_level[None, :]
-        r, obs, exp = self._residuals(hist, ts, values, context)
+        r, obs, exp = self._residuals(hist, ts, values)
         z = (r - self.center_) / self.scale_
         h = self.history_len_
-        if context is not None:
-            values = context
         all_ts = np.concatenate([hist.ts, ts])[-h:]
         all_vals = np.vstack([hist.values, values])[-h:]
         return FeatureBlock(
@@ -322,33 +305,17 @@ class FeatureBuilder:
             history=History(ts=all_ts, values=all_vals),
         )
 
-    def season_level(self, block: FeatureBlock, row: int) -> np.ndarray | None:
-        """The ``season`` baseline's level (trailing median net of the profile) at ``row`` of
-        ``block``, per column; None without the ``season`` kind."""
-        if "season" not in self.config.kinds:
-            return None
-        n = len(self.columns_)
-        j = self.config.kinds.index("season") * n
-        phase = self._phase(block.ts[row : row + 1])[0]
-        return block.expected[row, j : j + n] - self.profile_[phase]
-
     def _phase(self, ts: np.ndarray) -> np.ndarray:
         season = float(self.config.season_seconds)
         return ((np.mod(ts, season) // self.bin_seconds_).astype(np.int64)) % self.n_bins_
 
     def _residuals(
-        self,
-        hist: History,
-        ts: np.ndarray,
-        values: np.ndarray,
-        context: np.ndarray | None = None,
+        self, hist: History, ts: np.ndarray, values: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Residuals of ``values`` (and what was observed and expected); the trailing windows
-        read ``context`` for these rows instead when given (the held forecast)."""
         cfg = self.config
         k = len(hist.values)
         all_ts = np.concatenate([hist.ts, ts])
-        x = np.vstack([hist.values, values if context is None else context])
+        x = np.vstack([hist.values, values])
         n = len(values)
         if n == 0:
             e = np.zeros((0, len(cfg.kinds) * x.shape[1]))
@@ -357,9 +324,7 @@ class FeatureBuilder:
         base: dict[str, np.ndarray] = {}
         if "short" in cfg.kinds:
             base["short"] = trailing_median(x, cfg.short_window, k)
-        if "season" in cfg.kinds and context is not None:
-            base["season"] = context
-        elif "season" in cfg.kinds:
+        if "season" in cfg.kinds:
             d = x - self.profile_[self._phase(all_ts)]
             base["season"] = profile + trailing_median(d, cfg.long_window, k)
         if "level" in cfg.kinds:

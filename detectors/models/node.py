@@ -32,7 +32,6 @@ from dcwatch.detectors.decisions import (
 )
 from dcwatch.detectors.features import (
     AnyFrame,
-    FeatureBlock,
     FeatureBuilder,
     FeatureConfig,
     History,
@@ -55,8 +54,7 @@ STATE_FORMAT = "dcwatch.node-model"
 # 3 adds the series bound (``max_series``, ``max_train_rows``, ``forest_rows``) and the selection.
 # 4 adds the onset channel's CUSUM carried between calls (``onset_carry``).
 # 5 adds the feature kinds (``features.kinds``: the ``level`` residual); a version 4 or older
-# model has the two kinds it was fitted with, ``short`` and ``season``. It also adds the level an
-# alert holds (``hold``: ``freeze_points``), none in older files.
+# model has the two kinds it was fitted with, ``short`` and ``season``.
 # Version 2 to 4 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
 # so its carry is empty).
 STATE_VERSION = 5
@@ -87,11 +85,6 @@ class ModelConfig:
     # Its memory: 1 is a plain CUSUM, below 1 a leaky one that forgets within ~1 / (1 - forget)
     # points, so an alert it raised ends soon after the evidence stops.
     onset_forget: float = 1.0
-    # Rows an alert at most holds the node's ``season`` baseline at the level it had when the alert
-    # began (0: never), so a lasting fault stays visible instead of being learnt as the new normal
-    # within ``long_window`` rows; bounded, so a shift that is the new normal ends its alert. Off by
-    # default: the longer alerts cost point precision on every dev family (bench/detect_lofo.py).
-    freeze_points: int = 0
 
 
 @dataclass
@@ -109,34 +102,6 @@ class ScoreResult:
 
 class NotFittedError(RuntimeError):
     pass
-
-
-@dataclass
-class _Pass:
-    """One scoring pass over consecutive rows and the streaming state after them."""
-
-    block: FeatureBlock
-    raw: np.ndarray
-    score: np.ndarray
-    flags: np.ndarray
-    surprises: np.ndarray
-    carry: np.ndarray
-    tail: np.ndarray
-    alert: AlertState
-
-
-# Rows scored at once while an alert may hold the baseline: a switch re-scores at most these.
-_HOLD_CHUNK = 512
-
-
-def _next_switch(flags: np.ndarray, held: bool, rows: int, limit: int) -> tuple[int | None, int]:
-    """The first row after which the baseline hold must change (the alert began, ended, or has
-    held for ``limit`` rows), or None; and the alert's length in rows after that row."""
-    for r, f in enumerate(flags.tolist()):
-        rows = rows + 1 if f else 0
-        if (f and rows <= limit) != held:
-            return r, rows
-    return None, rows
 
 
 @dataclass
@@ -316,8 +281,6 @@ class NodeModel:
         self.score_tail_ = raw[-(dcfg.smooth_points - 1) :] if dcfg.smooth_points > 1 else raw[:0]
         self.onset_carry_ = carry
         self.alert_ = AlertState()
-        self.held_level_ = np.zeros(0)
-        self.alert_rows_ = 0
         self.fitted = True
         return self
 
@@ -330,9 +293,6 @@ class NodeModel:
         """Take over ``old``'s alert state (an alert in progress stays open across a refit)."""
         if old.fitted:
             self.alert_ = AlertState(**vars(old.alert_))
-            self.alert_rows_ = old.alert_rows_
-            if old.features_.columns_ == self.features_.columns_:
-                self.held_level_ = old.held_level_.copy()
         return self
 
     @property
@@ -365,82 +325,26 @@ class NodeModel:
         if len(ts) and np.isfinite(self.last_ts_) and ts[0] <= self.last_ts_:
             new = ts > self.last_ts_
             ts, values = ts[new], values[new]
-        if self.config.freeze_points > 0 and "season" in self.features_.config.kinds:
-            passes = self._score_holding(ts, values)
-        else:
-            passes = [self._commit(self._evaluate(ts, values))]
-        contributors: list[list[Contributor]] = []
-        names = self.features_.feature_names_
-        for p in passes:
-            rows: list[list[Contributor]] = [[] for _ in range(len(p.flags))]
-            if explain and p.flags.any():
-                d = p.block.z.shape[1]
-                per_feature = np.maximum(p.surprises[:, :d], p.surprises[:, d:])
-                for i in np.flatnonzero(p.flags):
-                    rows[i] = top_contributors(
-                        per_feature[i],
-                        p.block.observed[i],
-                        p.block.expected[i],
-                        names,
-                        self.config.decisions.top_k,
-                    )
-            contributors += rows
-        if len(passes) == 1:
-            p = passes[0]
-            return ScoreResult(p.block.ts, p.score, p.raw, p.flags, contributors)
-        return ScoreResult(
-            ts=np.concatenate([p.block.ts for p in passes]),
-            score=np.concatenate([p.score for p in passes]),
-            raw=np.concatenate([p.raw for p in passes]),
-            is_anomaly=np.concatenate([p.flags for p in passes]),
-            contributors=contributors,
-        )
-
-    def _evaluate(self, ts: np.ndarray, values: np.ndarray) -> _Pass:
-        """Score rows that follow the streaming state, without advancing it."""
-        held = self.held_level_ if len(self.held_level_) else None
-        block = self.features_.transform_values(ts, values, self.history_, held)
-        channels, surprises, carry = self.detector_.stream(block.z, self.onset_carry_)
+        block = self.features_.transform_values(ts, values, self.history_)
+        channels, surprises, self.onset_carry_ = self.detector_.stream(block.z, self.onset_carry_)
         raw = channels.max(axis=1) if channels.shape[1] else np.zeros(len(ts))
         dcfg = self.config.decisions
-        smoothed, tail = smooth(self.score_tail_, raw, dcfg.smooth_points)
+        smoothed, self.score_tail_ = smooth(self.score_tail_, raw, dcfg.smooth_points)
         score = smoothed / self.threshold_.value
-        flags, alert = apply_rule(score, self.alert_, dcfg)
-        return _Pass(block, raw, score, flags, surprises, carry, tail, alert)
-
-    def _commit(self, p: _Pass) -> _Pass:
-        """Advance the streaming state past the rows of ``p``."""
-        self.history_ = p.block.history
-        self.onset_carry_ = p.carry
-        self.score_tail_ = p.tail
-        self.alert_ = p.alert
-        if len(p.block.ts):
-            self.last_ts_ = float(p.block.ts[-1])
-        return p
-
-    def _score_holding(self, ts: np.ndarray, values: np.ndarray) -> list[_Pass]:
-        """Score with the baseline held while an alert lasts (``freeze_points``): rows are
-        scored in chunks, and where the hold switches the chunk is cut and the rest re-scored
-        with the other baseline, so one row at a time and a month at once agree."""
-        limit = self.config.freeze_points
-        passes: list[_Pass] = []
-        i, n = 0, len(ts)
-        while True:
-            j = min(n, i + _HOLD_CHUNK)
-            p = self._evaluate(ts[i:j], values[i:j])
-            held = len(self.held_level_) > 0
-            r, self.alert_rows_ = _next_switch(p.flags, held, self.alert_rows_, limit)
-            if r is not None:
-                j = i + r + 1
-                if j < i + len(p.flags):
-                    p = self._evaluate(ts[i:j], values[i:j])
-            passes.append(self._commit(p))
-            if r is not None:
-                level = None if held else self.features_.season_level(p.block, r)
-                self.held_level_ = np.zeros(0) if level is None else level
-            i = j
-            if i >= n:
-                return passes
+        flags, self.alert_ = apply_rule(score, self.alert_, dcfg)
+        self.history_ = block.history
+        if len(ts):
+            self.last_ts_ = float(ts[-1])
+        contributors: list[list[Contributor]] = [[] for _ in range(len(ts))]
+        if explain and flags.any():
+            d = block.z.shape[1]
+            per_feature = np.maximum(surprises[:, :d], surprises[:, d:])
+            names = self.features_.feature_names_
+            for i in np.flatnonzero(flags):
+                contributors[i] = top_contributors(
+                    per_feature[i], block.observed[i], block.expected[i], names, dcfg.top_k
+                )
+        return ScoreResult(ts=ts, score=score, raw=raw, is_anomaly=flags, contributors=contributors)
 
     # -- persistence -----------------------------------------------------------------------------
     def dumps(self) -> bytes:
@@ -487,7 +391,6 @@ class NodeModel:
             "score_tail": self.score_tail_,
             "onset_carry": self.onset_carry_,
             "alert": persist.config_state(self.alert_),
-            "hold": {"level": self.held_level_, "rows": self.alert_rows_},
         }
 
     @classmethod
@@ -519,9 +422,6 @@ class NodeModel:
             else model.detector_.initial_carry()
         )
         model.alert_ = persist.config_from(AlertState, section(state, "alert"))
-        hold = section(state, "hold") if "hold" in state else None  # none before version 5
-        model.held_level_ = np.zeros(0) if hold is None else array(hold, "level", np.float64, 1)
-        model.alert_rows_ = 0 if hold is None else integer(hold, "rows")
         n = len(model.features_.columns_)
         h = model.history_
         expect(h.values.shape == (len(h.ts), n), "history is (rows, columns)")
@@ -530,10 +430,6 @@ class NodeModel:
         expect(
             model.onset_carry_.shape == model.detector_.initial_carry().shape,
             "one onset sum per feature side of the onset channel",
-        )
-        expect(
-            len(model.held_level_) in (0, n) and model.alert_rows_ >= 0,
-            "a held level per column, or none",
         )
         expect(
             model.selection_.over_limit >= 0 and model.selection_.no_signal >= 0,
@@ -586,7 +482,6 @@ def _upgrade_v4(state: State) -> State:
 
     config = dict(section(state, "config"))
     config["features"] = with_kinds(section(config, "features"))
-    config.setdefault("freeze_points", 0)
     out = {**state, "config": config}
     if persist.flag(state, "fitted"):
         feats = dict(section(state, "features"))
