@@ -3,19 +3,14 @@
 Input is one node's frame: index = unix seconds (or a DatetimeIndex) on a regular grid, one column
 per named series, counters already converted to rates by the caller, NaN for missing points.
 
-For each series up to three residuals of a cheap forecast are built (``FeatureConfig.kinds``):
+For each series two residuals of a cheap forecast are built (the backtests chose these over raw
+levels, which turn every lasting level shift into hours of alerts):
 
 - ``short``: value minus the median of the previous ``short_window`` points (sudden changes);
 - ``season``: value minus its time-of-day profile (median per bin over the training days), minus
   the median of that difference over the previous ``long_window`` points (deviations from the usual
   daily shape that last longer than the short window). Without two full cycles of training data the
-  profile is flat (the training median) and this is a plain long-window residual.
-- ``level``: value minus its time-of-day profile, with no trailing median: the deviation from what
-  training knew. ``short`` and ``season`` subtract trailing medians, so a lasting level shift or a
-  slow ramp is absorbed within a window and leaves the residuals; ``level`` keeps scoring while the
-  shift lasts. Off by default unless the leave-one-family-out choice picked it (see
-  ``bench/detect_lofo.py``); its tail calibration (``models.residual``) sets how far a series must
-  stray from its training range to count.
+  profile is zero and this is a plain long-window residual.
 
 Each residual is centred and scaled with its training median and a robust scale, so the output is a
 matrix of robust z-scores. Series that are constant (or empty) in training are dropped, gaps are
@@ -34,7 +29,7 @@ from typing import Protocol, TypeAlias
 import numpy as np
 import pandas as pd
 
-KINDS = ("short", "season", "level")
+KINDS = ("short", "season")
 _MAD_TO_SIGMA = 1.4826
 _CHUNK = 4096
 # A chunk's sliding windows are copied by ``np.median``: rows x series x window floats. Bounded in
@@ -51,7 +46,6 @@ class FeatureConfig:
     season_seconds: int = 86400
     season_bin_seconds: int = 300
     min_season_cycles: float = 2.0
-    kinds: tuple[str, ...] = ("short", "season")
 
 
 @dataclass
@@ -207,8 +201,6 @@ class FeatureBuilder:
         detector, so every member needs the same features); by default, the varying ones.
         """
         cfg = self.config
-        if not cfg.kinds or set(cfg.kinds) - set(KINDS) or len(set(cfg.kinds)) < len(cfg.kinds):
-            raise ValueError(f"kinds must be distinct, among {'/'.join(KINDS)}: {cfg.kinds}")
         ts, names, raw = frame_arrays(frame)
         if columns is None:
             columns = varying_columns(names, raw)
@@ -225,17 +217,12 @@ class FeatureBuilder:
         self.bin_seconds_ = max(float(cfg.season_bin_seconds), self.step_)
         self.n_bins_ = max(1, round(cfg.season_seconds / self.bin_seconds_))
         span = (ts[-1] - ts[0] + self.step_) if ts.size else 0.0
-        # Flat at the training median without enough cycles: ``season`` is then a plain
-        # long-window residual (medians are shift-equivariant) and ``level`` a deviation from it.
-        keep_rows = np.ones(len(ts), dtype=bool) if exclude is None else ~np.asarray(exclude, bool)
-        if not keep_rows.any():
-            keep_rows[:] = True
         self.profile_ = np.zeros((self.n_bins_, values.shape[1]))
-        if values.shape[1] and len(ts):
-            self.profile_[:] = np.median(values[keep_rows], axis=0)
         if values.shape[1] and span >= cfg.min_season_cycles * cfg.season_seconds:
             ph = self._phase(ts)
+            keep_rows = slice(None) if exclude is None else ~np.asarray(exclude, dtype=bool)
             prof = pd.DataFrame(values[keep_rows]).groupby(ph[keep_rows]).median()
+            self.profile_[:] = np.median(values, axis=0)
             self.profile_[prof.index.to_numpy()] = prof.to_numpy()
         self.history_len_ = max(cfg.short_window, cfg.long_window)
 
@@ -245,8 +232,8 @@ class FeatureBuilder:
         use = np.ones(len(r), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
         use[: min(self.history_len_, max(0, len(r) - 1))] = False
         self.center_, self.scale_ = robust_center_scale(r[use] if use.any() else r)
-        self.feature_names_ = [f"{c}:{k}" for k in cfg.kinds for c in self.columns_]
-        self.series_index_ = np.tile(np.arange(len(self.columns_)), len(cfg.kinds))
+        self.feature_names_ = [f"{c}:{k}" for k in KINDS for c in self.columns_]
+        self.series_index_ = np.tile(np.arange(len(self.columns_)), len(KINDS))
         h = self.history_len_
         return FeatureBlock(
             ts=ts,
@@ -318,17 +305,12 @@ class FeatureBuilder:
         x = np.vstack([hist.values, values])
         n = len(values)
         if n == 0:
-            e = np.zeros((0, len(cfg.kinds) * x.shape[1]))
+            e = np.zeros((0, 2 * x.shape[1]))
             return e, e, e
-        profile = self.profile_[self._phase(ts)]
-        base: dict[str, np.ndarray] = {}
-        if "short" in cfg.kinds:
-            base["short"] = trailing_median(x, cfg.short_window, k)
-        if "season" in cfg.kinds:
-            d = x - self.profile_[self._phase(all_ts)]
-            base["season"] = profile + trailing_median(d, cfg.long_window, k)
-        if "level" in cfg.kinds:
-            base["level"] = profile
-        expected = np.hstack([base[kind] for kind in cfg.kinds])
-        observed = np.hstack([values] * len(cfg.kinds))
+        short_base = trailing_median(x, cfg.short_window, k)
+        d = x - self.profile_[self._phase(all_ts)]
+        level = trailing_median(d, cfg.long_window, k)
+        season_base = self.profile_[self._phase(ts)] + level
+        expected = np.hstack([short_base, season_base])
+        observed = np.hstack([values, values])
         return observed - expected, observed, expected

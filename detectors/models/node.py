@@ -53,13 +53,10 @@ STATE_FORMAT = "dcwatch.node-model"
 # 1 was a pickle; 2 is the ``persist`` container (JSON header + arrays, nothing executed on load);
 # 3 adds the series bound (``max_series``, ``max_train_rows``, ``forest_rows``) and the selection.
 # 4 adds the onset channel's CUSUM carried between calls (``onset_carry``).
-# 5 adds the feature kinds (``features.kinds``: the ``level`` residual); a version 4 or older
-# model has the two kinds it was fitted with, ``short`` and ``season``.
-# Version 2 to 4 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
+# Version 2 and 3 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
 # so its carry is empty).
-STATE_VERSION = 5
-READ_VERSIONS = (2, 3, 4, 5)
-LEGACY_KINDS = ("short", "season")
+STATE_VERSION = 4
+READ_VERSIONS = (2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -360,9 +357,7 @@ class NodeModel:
         try:
             if version == 2:
                 state = _upgrade_v2(state)
-            if version <= 3:
-                state = _upgrade_v3(state)
-            return cls.from_state(_upgrade_v4(state) if version <= 4 else state)
+            return cls.from_state(_upgrade_v3(state) if version <= 3 else state)
         except persist.StateError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
@@ -471,23 +466,6 @@ def _upgrade_v3(state: State) -> State:
     config.setdefault("onset_drift", defaults.onset_drift)
     config.setdefault("onset_forget", defaults.onset_forget)
     return {**state, "config": config}
-
-
-def _upgrade_v4(state: State) -> State:
-    """A version 4 state as version 5: its features are the two kinds there were then (whatever
-    today's default), in the model's settings and in the fitted feature builder's."""
-
-    def with_kinds(features: State) -> State:
-        return {**features, "kinds": list(LEGACY_KINDS)}
-
-    config = dict(section(state, "config"))
-    config["features"] = with_kinds(section(config, "features"))
-    out = {**state, "config": config}
-    if persist.flag(state, "fitted"):
-        feats = dict(section(state, "features"))
-        feats["config"] = with_kinds(section(feats, "config"))
-        out["features"] = feats
-    return out
 
 
 def score_batch(

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from dcwatch.detectors.config import load_analyzer_config
-from dcwatch.detectors.features import FeatureConfig
 from dcwatch.detectors.frame import Frame
 from dcwatch.detectors.models import persist
 from dcwatch.detectors.models.fitting import ModelStore
@@ -130,23 +129,7 @@ def test_version_3_files_still_load_and_score_the_same(
     legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 3, state))
     assert legacy.config == model.config and legacy.onset_carry_.shape == (0,)
     assert_same_results(legacy.score(test.iloc[:250]), model.score(test.iloc[:250]))
-
-
-def test_version_4_files_still_load_with_the_two_kinds_they_had(
-    data: tuple[pd.DataFrame, pd.DataFrame],
-) -> None:
-    train, test = data
-    legacy_cfg = ModelConfig(n_estimators=30, features=FeatureConfig(kinds=("short", "season")))
-    model = NodeModel(legacy_cfg).fit(train)
-    # A file from before the feature kinds were a setting: no "kinds" anywhere.
-    state = model.state()
-    del state["config"]["features"]["kinds"]
-    del state["features"]["config"]["kinds"]
-    legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 4, state))
-    assert legacy.config == model.config
-    assert legacy.features_.feature_names_ == model.features_.feature_names_
-    assert_same_results(legacy.score(test.iloc[:250]), model.score(test.iloc[:250]))
-    assert STATE_VERSION == 5
+    assert STATE_VERSION == 4
 
 
 def test_the_format_is_a_zip_of_arrays_naming_no_module(fitted: NodeModel) -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from dcwatch.detectors.shard import hashmod
 from tests.e2e.dcwatch_procs import FAST_ALERTING, am_alerts, get_json, metric, start_analyzer
+from tests.e2e.test_analyzer_e2e import TRAINING
 from tests.helpers import wait_until
 from tests.procs import (
     Proc,
@@ -44,7 +45,6 @@ QUERIES = """
   query: dcwatch_node_power_watts
 """
 ALERT = "DcwatchNodeAnomaly"
-TRAINING = ("--model-step=1", "--model-min-train=60s", "--model-train-window=10m")
 
 
 class Fleet(ThreadingHTTPServer):
