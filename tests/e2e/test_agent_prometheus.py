@@ -119,7 +119,7 @@ def test_prometheus_scrapes_agent(stack: tuple[Proc, Proc, CounterWriter]) -> No
         lambda: (rate(net) or 0) > 0 and (rate(rapl) or 0) > 0, timeout=20, what="rates to appear"
     )
     time.sleep(2)
-    assert rate(net) == pytest.approx(NET_RATE, rel=0.05)
-    assert rate(rapl) == pytest.approx(RAPL_WATTS, rel=0.05)
+    assert rate(net) == pytest.approx(NET_RATE, rel=0.15)
+    assert rate(rapl) == pytest.approx(RAPL_WATTS, rel=0.15)
     # The agent's own cost is visible too.
     assert (prom_value(prom.url, "dcwatch_process_resident_memory_bytes") or 0) > 1e6

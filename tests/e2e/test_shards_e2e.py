@@ -201,8 +201,11 @@ def test_shards_split_the_fleet_and_an_ha_pair_alerts_once(fleet: dict[str, Any]
     wait_until(
         lambda: all(fitted(an) for an in (*shards, twin)), timeout=180, what="every shard to fit"
     )
-    time.sleep(3)
-    assert faulty_alerts(am, faulty) == []
+    # Quiet before the fault. A fit on 60 training rows may still flag a normal row right after
+    # it (an extrapolated tail); what must hold is that the node settles with no alert.
+    wait_until(
+        lambda: faulty_alerts(am, faulty) == [], timeout=60, what="no alert before the fault"
+    )
 
     # The fault: both analyzers of its shard fire; Alertmanager holds one alert, one group.
     server.faulty = faulty
