@@ -107,11 +107,7 @@ class RobustResidualDetector(OutlierMixin, BaseEstimator):
 
     @classmethod
     def from_state(cls, state: State) -> RobustResidualDetector:
-        det = load_tail(cls(**params(state)), state)
-        m = 2 * det.n_features_in_
-        expect(det.grid_.shape == (len(det.knots_), m) and len(det.knots_) > 0, "grid is (K, 2d)")
-        expect(det.tail_scale_.shape == (m,), "one tail scale per feature side")
-        return det
+        return load_tail(cls(**params(state)), state, sides=2)
 
 
 class TailCalibrated(Protocol):
@@ -142,14 +138,17 @@ def tail_state(det: TailCalibrated) -> State:
 T = TypeVar("T", bound=TailCalibrated)
 
 
-def load_tail(det: T, state: State) -> T:
-    """Set ``det``'s fitted attributes from :func:`tail_state`'s layout (shapes checked by the
-    caller, which knows how many columns it calibrates)."""
+def load_tail(det: T, state: State, sides: int) -> T:
+    """Set ``det``'s fitted attributes from :func:`tail_state`'s layout and check their shapes:
+    ``sides`` calibrated columns per feature (residual: above and below; onset: one)."""
     det.n_features_in_ = integer(state, "n_features_in")
     det.grid_ = array(state, "grid", np.float64, 2)
     det.knots_ = array(state, "knots", np.float64, 1)
     det.tail_scale_ = array(state, "tail_scale", np.float64, 1)
     det.offset_ = number(state, "offset")
+    m = sides * det.n_features_in_
+    expect(det.grid_.shape == (len(det.knots_), m) and len(det.knots_) > 0, "grid is (K, columns)")
+    expect(det.tail_scale_.shape == (m,), "one tail scale per calibrated column")
     return det
 
 
