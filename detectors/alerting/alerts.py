@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,7 @@ class Alert:
             if not isinstance(value, str):
                 raise ValueError(f"annotation {name} must be a string, got {value!r}")
 
-    @property
+    @cached_property  # asked for per held alert on every delivery round: hash once
     def key(self) -> str:
         """Stable identity: a hash of the sorted label set (same labels, same alert)."""
         return alert_key(self.labels)

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,21 @@ class PastAlert:
         }
 
 
+def _row(rec: AlertRecord) -> tuple[object, ...]:
+    lab = dict(rec.alert.labels)
+    ann = rec.alert.annotations
+    return (
+        rec.key,
+        rec.starts_at,
+        rec.resolved_at,
+        lab.get("alertname", ""),
+        lab.get("instance", ""),
+        json.dumps(lab, sort_keys=True),
+        ann.get("summary", "")[:1000],
+        ann.get("description", "")[:4000],
+    )
+
+
 def _rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -119,29 +135,26 @@ class AlertHistory:
 
     def record(self, rec: AlertRecord, now: float | None = None) -> None:
         """Write ``rec``'s current state (fired or resolved); prune now and then."""
-        lab = dict(rec.alert.labels)
-        ann = rec.alert.annotations
-        row = (
-            rec.key,
-            rec.starts_at,
-            rec.resolved_at,
-            lab.get("alertname", ""),
-            lab.get("instance", ""),
-            json.dumps(lab, sort_keys=True),
-            ann.get("summary", "")[:1000],
-            ann.get("description", "")[:4000],
-        )
+        self.record_many([rec], now)
+
+    def record_many(self, records: Iterable[AlertRecord], now: float | None = None) -> None:
+        """Write each record's state, in order, in one transaction; prune every 100 rows."""
+        rows = [_row(r) for r in records]
+        if not rows:
+            return
         with self._lock:
             db = self._conn()
-            db.execute(
+            with db:
+                db.execute("BEGIN")
                 # what paged (summary, contributors) is kept; resolving only sets the end
-                "INSERT INTO history VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key, starts_at) DO "
-                "UPDATE SET resolved_at=excluded.resolved_at",
-                row,
-            )
-            self._writes += 1
-            if self._writes % 100 == 1:
-                self._prune(db, time.time() if now is None else now)
+                db.executemany(
+                    "INSERT INTO history VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key, starts_at) "
+                    "DO UPDATE SET resolved_at=excluded.resolved_at",
+                    rows,
+                )
+                before, self._writes = self._writes, self._writes + len(rows)
+                if (self._writes + 99) // 100 > (before + 99) // 100:  # passed row 1, 101, ...
+                    self._prune(db, time.time() if now is None else now)
 
     def _prune(self, db: sqlite3.Connection, now: float) -> None:
         db.execute(

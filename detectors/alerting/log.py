@@ -1,15 +1,15 @@
 """The append-only JSON-lines alert log: one object per state change (firing, resolved).
 
 This is where alerts go when no Alertmanager is configured, and an audit trail when one is.
-Each line is written with one ``write`` on an ``O_APPEND`` descriptor, so concurrent writers and
-crashes leave whole lines; a reader skips a torn last line.
+A batch of lines (one per entry) is written with one ``write`` on an ``O_APPEND`` descriptor, so
+concurrent writers and crashes leave whole lines; a reader skips a torn last line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,21 @@ class AlertLog:
         self.path = path
 
     def write(self, entry: dict[str, Any]) -> None:
-        line = (json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode()
+        self.write_many([entry])
+
+    def write_many(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Append one line per entry, all with one ``write``."""
+        data = b"".join(
+            (json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n").encode() for e in entries
+        )
+        if not data:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
+            view = memoryview(data)
+            while view:  # a regular file takes it all at once; a full disk raises
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
 

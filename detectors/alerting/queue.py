@@ -96,6 +96,13 @@ class AlertStore:
 
     def put(self, records: Iterable[AlertRecord]) -> None:
         """Insert or replace records (one transaction)."""
+        self.write(put=records)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        self.write(delete=keys)
+
+    def write(self, put: Iterable[AlertRecord] = (), delete: Iterable[str] = ()) -> None:
+        """Delete ``delete``, then insert or replace ``put``: one transaction, one fsync."""
         rows = [
             (
                 r.key,
@@ -106,18 +113,16 @@ class AlertStore:
                 r.resolved_at,
                 r.changed_at,
             )
-            for r in records
+            for r in put
         ]
+        gone = [(k,) for k in delete]
+        if not rows and not gone:
+            return
         assert self._db is not None
         with self._db:
             self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM alerts WHERE key = ?", gone)
             self._db.executemany("INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?)", rows)
-
-    def delete(self, keys: Iterable[str]) -> None:
-        assert self._db is not None
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM alerts WHERE key = ?", [(k,) for k in keys])
 
     def count(self) -> int:
         assert self._db is not None

@@ -5,15 +5,22 @@ The queue is the latest state of each alert (updates collapse per alert), held i
 its own task, delivery state and backoff: one that is down or slow never holds up another, and one
 that failed is sent every held alert once it answers again (a restart empties its memory). With no
 Alertmanager, state changes go to the log and the JSON-lines alert log.
+
+The analyzer hands over a whole pass at once (:meth:`AlertSender.apply`): a fleet-wide event
+(power, network) changes thousands of alerts in one pass, and each change written, logged and
+scanned for alone cost a transaction and a scan of every held alert per alert.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -37,6 +44,7 @@ log = logging.getLogger("dcwatch.alerts")
 T = TypeVar("T")
 
 BATCH_MAX = 500  # alerts per POST
+LOG_LINES_MAX = 20  # state changes logged one per line in a batch; the rest in one summary line
 LOG_TARGET = "log"  # the ``alertmanager`` label of the JSON-lines log in the metrics
 
 _AM = ("alertmanager",)
@@ -59,8 +67,32 @@ HELD = MetricSpec("dcwatch_alerts_held", "Alerts held by the analyzer, by state"
 SENDER_METRICS = (SENT, FAILED, DROPPED, QUEUED, LAST_SUCCESS, UP, HELD)
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What :meth:`AlertSender.apply` did, in the order it was given the alerts and keys."""
+
+    fired: tuple[AlertRecord, ...]  # per alert fired: its record (startsAt kept if firing)
+    resolved: tuple[bool, ...]  # per key resolved: False if it was not firing
+
+
+@dataclass
+class _Batch:
+    """What one :meth:`AlertSender.apply` changed, to write and announce once."""
+
+    changes: list[AlertRecord] = field(default_factory=list)  # state changes, snapshots, in order
+    put: dict[str, AlertRecord] = field(default_factory=dict)  # records to store, by key
+    evicted: list[str] = field(default_factory=list)
+    room: list[tuple[tuple[int, float], int, str, AlertRecord]] | None = None  # eviction heap
+    seq: Iterator[int] = field(default_factory=itertools.count)  # heap tie-break: arrival order
+
+
+def _copy(r: AlertRecord) -> AlertRecord:
+    return AlertRecord(r.alert, r.starts_at, r.resolved_at, r.changed_at, r.version)
+
+
 class AlertSender:
-    """``await fire(alert)`` / ``await resolve(key)``; a background task per Alertmanager delivers.
+    """``await apply(fire, resolve)`` per pass (or ``fire(alert)`` / ``resolve(key)`` one at a
+    time); a background task per Alertmanager delivers.
 
     Use as ``async with AlertSender(cfg) as s:`` or ``app.cleanup_ctx.append(s.cleanup_ctx)``.
     """
@@ -76,6 +108,7 @@ class AlertSender:
         self.alert_log = AlertLog(path) if path else None
         self.log_stats = DeliveryStats(LOG_TARGET)
         self._records: dict[str, AlertRecord] = {}
+        self._settled: set[str] = set()  # resolved alerts that may have been delivered enough
         self._executor: ThreadPoolExecutor | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +124,8 @@ class AlertSender:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dcwatch-alerts")
         for r in await self._io(self.store.open):
             self._records[r.key] = r
+            if not r.firing:
+                self._settled.add(r.key)
         self._session = aiohttp.ClientSession(headers={"User-Agent": "dcwatch-analyzer"})
         dest = ", ".join(t.name for t in self.targets) or f"log only ({self.alert_log_path})"
         log.info(
@@ -139,37 +174,35 @@ class AlertSender:
 
     # --- the analyzer's side ----------------------------------------------------------------
 
+    async def apply(
+        self, fire: Sequence[Alert] = (), resolve: Sequence[str | Alert] = ()
+    ) -> Applied:
+        """One pass's state changes: as :meth:`resolve` for each of ``resolve`` then :meth:`fire`
+        for each of ``fire``, but written in one hop to the store thread (one store transaction,
+        one history transaction, one alert-log append), logged in at most ``LOG_LINES_MAX``
+        lines and a summary, and with one wake of the delivery tasks."""
+        now = self.clock()
+        batch = _Batch()
+        resolved = tuple(
+            self._resolve(a if isinstance(a, str) else a.key, now, batch) for a in resolve
+        )
+        done = self._take_done()  # forgotten before the fires, as if each resolve were alone
+        fired = tuple(self._fire(a, now, batch) for a in fire)
+        put = [_copy(r) for k, r in batch.put.items() if self._records.get(k) is r]
+        delete = [k for k in (*batch.evicted, *done) if k not in self._records]
+        if put or delete or batch.changes:
+            errors = await self._io(self._write, put, delete, batch.changes, now)
+            self._written(batch.changes, now, *errors)
+        return Applied(fired, resolved)
+
     async def fire(self, alert: Alert) -> AlertRecord:
         """Assert ``alert``. New (or resolved before): sent now with ``startsAt`` = now. Already
         firing: ``startsAt`` is kept and changed annotations go out with the next resend."""
-        now = self.clock()
-        rec = self._records.get(alert.key)
-        if rec is not None and rec.firing:
-            if rec.alert != alert:
-                rec.alert = alert
-                await self._io(self.store.put, [rec])
-            return rec
-        evicted = self._make_room() if rec is None else []
-        new = AlertRecord(alert, now, None, now, rec.version + 1 if rec else 1)
-        self._records[alert.key] = new
-        if evicted:
-            await self._io(self.store.delete, evicted)
-        await self._io(self.store.put, [new])
-        await self._changed(new, now)
-        return new
+        return (await self.apply(fire=[alert])).fired[0]
 
     async def resolve(self, alert: str | Alert) -> bool:
         """End an alert (by key or alert): sent now with ``endsAt`` = now. False if not firing."""
-        key = alert if isinstance(alert, str) else alert.key
-        rec = self._records.get(key)
-        if rec is None or not rec.firing:
-            return False
-        now = self.clock()
-        rec.resolved_at = rec.changed_at = max(now, rec.starts_at)
-        rec.version += 1
-        await self._io(self.store.put, [rec])
-        await self._changed(rec, now)
-        return True
+        return (await self.apply(resolve=[alert])).resolved[0]
 
     def get(self, key: str) -> AlertRecord | None:
         return self._records.get(key)
@@ -178,27 +211,107 @@ class AlertSender:
         """Alerts now firing (e.g. to reconcile with the detectors' state after a restart)."""
         return [r for r in self._records.values() if r.firing]
 
-    async def _changed(self, rec: AlertRecord, now: float) -> None:
+    def _fire(self, alert: Alert, now: float, batch: _Batch) -> AlertRecord:
+        key = alert.key
+        rec = self._records.get(key)
+        if rec is not None and rec.firing:
+            if rec.alert != alert:  # new annotations: stored, sent with the next resend
+                rec.alert = alert
+                batch.put[key] = rec
+            return rec
+        if rec is None:
+            self._make_room(batch)
+        new = AlertRecord(alert, now, None, now, rec.version + 1 if rec else 1)
+        self._records[key] = new
+        self._changed(key, new, batch)
+        return new
+
+    def _resolve(self, key: str, now: float, batch: _Batch) -> bool:
+        rec = self._records.get(key)
+        if rec is None or not rec.firing:
+            return False
+        rec.resolved_at = rec.changed_at = max(now, rec.starts_at)
+        rec.version += 1
+        self._settled.add(key)
+        self._changed(key, rec, batch)
+        return True
+
+    def _changed(self, key: str, rec: AlertRecord, batch: _Batch) -> None:
+        batch.changes.append(_copy(rec))  # this state, as history and the alert log keep it
+        batch.put[key] = rec
+        if batch.room is not None:  # its eviction rank changed
+            heapq.heappush(batch.room, (self._rank(rec), next(batch.seq), key, rec))
+
+    def _write(
+        self, put: list[AlertRecord], delete: list[str], changes: list[AlertRecord], now: float
+    ) -> tuple[Exception | None, OSError | None]:
+        """The blocking half of :meth:`apply` (store thread): the store, then history and the
+        alert log, whose failures are returned (alerting goes on without them)."""
+        self.store.write(put, delete)
+        if not changes:
+            return None, None
+        history_error = log_error = None
         try:
-            await self._io(self.history.record, rec, now)
-        except Exception as e:  # history is a convenience: alerting goes on without it
-            log.error("alert history %s: cannot write (%s)", self.history.path, e)
-        state = "firing" if rec.firing else "resolved"
-        labels = " ".join(f"{k}={v}" for k, v in rec.alert.labels.items())
-        level = logging.INFO if self.targets else logging.WARNING
-        log.log(level, "alert %s: %s: %s", state, labels, rec.alert.annotations.get("summary", ""))
+            self.history.record_many(changes, now)
+        except Exception as e:
+            history_error = e
         if self.alert_log is not None:
             try:
-                await self._io(self.alert_log.write, log_entry(rec, now, self.config))
-                self.log_stats.sent += 1
-                self.log_stats.last_success, self.log_stats.up = now, True
+                self.alert_log.write_many(log_entry(r, now, self.config) for r in changes)
             except OSError as e:
-                self.log_stats.dropped += 1
+                log_error = e
+        return history_error, log_error
+
+    def _written(
+        self,
+        changes: list[AlertRecord],
+        now: float,
+        history_error: Exception | None,
+        log_error: OSError | None,
+    ) -> None:
+        if not changes:
+            return
+        if history_error is not None:
+            log.error("alert history %s: cannot write (%s)", self.history.path, history_error)
+        if self.alert_log is not None:
+            if log_error is None:
+                self.log_stats.sent += len(changes)
+                self.log_stats.last_success, self.log_stats.up = now, True
+            else:
+                self.log_stats.dropped += len(changes)
                 self.log_stats.up = False
-                log.error("alert log %s: cannot write (%s): entry lost", self.alert_log.path, e)
+                log.error(
+                    "alert log %s: cannot write (%s): %d entries lost",
+                    self.alert_log.path,
+                    log_error,
+                    len(changes),
+                )
+        self._announce(changes)
         for t in self.targets:
             t.wake.set()
-        await self._forget_done()
+
+    def _announce(self, changes: list[AlertRecord]) -> None:
+        """A line per state change, the first ``LOG_LINES_MAX`` of a batch; then one summary."""
+        level = logging.INFO if self.targets else logging.WARNING
+        for rec in changes[:LOG_LINES_MAX]:
+            state = "firing" if rec.firing else "resolved"
+            labels = " ".join(f"{k}={v}" for k, v in rec.alert.labels.items())
+            summary = rec.alert.annotations.get("summary", "")
+            log.log(level, "alert %s: %s: %s", state, labels, summary)
+        more = changes[LOG_LINES_MAX:]
+        if more:
+            firing = sum(r.firing for r in more)
+            kept = f"the alert log {self.alert_log.path} and " if self.alert_log else ""
+            log.log(
+                level,
+                "... and %d more alert state changes (%d firing, %d resolved); see %s"
+                "the alert history %s",
+                len(more),
+                firing,
+                len(more) - firing,
+                kept,
+                self.history.path,
+            )
 
     # --- what is held, what is due --------------------------------------------------------
 
@@ -212,56 +325,75 @@ class AlertSender:
     def _wants_resend(self, r: AlertRecord, d: Delivery) -> bool:
         return r.firing or d.resolved_sent < self.config.resolved_resends
 
-    def _make_room(self) -> list[str]:
-        """Evict until one more alert fits: resolved ones every Alertmanager has, then the
-        oldest resolved, then the oldest firing. What an Alertmanager never got is counted."""
+    def _rank(self, r: AlertRecord) -> tuple[int, float]:
+        """Eviction order: resolved ones every Alertmanager has, then the oldest resolved, then
+        the oldest firing."""
+        undelivered = any(self._pending(t, r) for t in self.targets)
+        return (2 if r.firing else int(undelivered), r.changed_at)
+
+    def _make_room(self, batch: _Batch) -> None:
+        """Evict until one more alert fits, lowest :meth:`_rank` first. What an Alertmanager
+        never got is counted and logged. The ranking is built once per batch (a heap)."""
         excess = len(self._records) + 1 - self.config.queue_max
         if excess <= 0:
-            return []
+            return
+        if batch.room is None:
+            held = self._records.items()
+            batch.room = [(self._rank(r), i, k, r) for i, (k, r) in enumerate(held)]
+            heapq.heapify(batch.room)
+            batch.seq = itertools.count(len(batch.room))
+        while excess > 0 and batch.room:
+            _, _, key, r = heapq.heappop(batch.room)
+            if self._records.get(key) is not r:
+                continue  # evicted or replaced since (a record changes rank in place only when
+                # resolved, and a batch resolves before it fires, before any eviction)
+            self._evict(r)
+            batch.evicted.append(key)
+            excess -= 1
 
-        def order(r: AlertRecord) -> tuple[int, float]:
-            undelivered = any(self._pending(t, r) for t in self.targets)
-            return (2 if r.firing else int(undelivered), r.changed_at)
-
-        victims = sorted(self._records.values(), key=order)[:excess]
-        for r in victims:
-            lost = [t for t in self.targets if self._pending(t, r)]
-            for t in lost:
-                t.stats.dropped += 1
-            if not self.targets:
-                self.log_stats.dropped += 1
-            if lost or r.firing:
-                log.error(
-                    "alert queue full (queue_max=%d): dropping %s alert %s, never delivered to %s",
-                    self.config.queue_max,
-                    "firing" if r.firing else "resolved",
-                    dict(r.alert.labels),
-                    ", ".join(t.name for t in lost) or "-",
-                )
-            self._drop(r.key)
-        return [r.key for r in victims]
+    def _evict(self, r: AlertRecord) -> None:
+        lost = [t for t in self.targets if self._pending(t, r)]
+        for t in lost:
+            t.stats.dropped += 1
+        if not self.targets:
+            self.log_stats.dropped += 1
+        if lost or r.firing:
+            log.error(
+                "alert queue full (queue_max=%d): dropping %s alert %s, never delivered to %s",
+                self.config.queue_max,
+                "firing" if r.firing else "resolved",
+                dict(r.alert.labels),
+                ", ".join(t.name for t in lost) or "-",
+            )
+        self._drop(r.key)
 
     def _drop(self, key: str) -> None:
         self._records.pop(key, None)
         for t in self.targets:
             t.deliveries.pop(key, None)
 
-    async def _forget_done(self) -> None:
-        """Forget resolved alerts that every Alertmanager has had ``resolved_resends`` times."""
+    def _take_done(self) -> list[str]:
+        """Forget resolved alerts that every Alertmanager has had ``resolved_resends`` times;
+        return their keys. Only alerts resolved or delivered since the last call can be done."""
         done = [
-            r.key
-            for r in self._records.values()
-            if not r.firing
+            key
+            for key in self._settled
+            if (r := self._records.get(key)) is not None
+            and not r.firing
             and all(
-                (d := t.deliveries.get(r.key)) is not None
+                (d := t.deliveries.get(key)) is not None
                 and d.version == r.version
                 and not self._wants_resend(r, d)
                 for t in self.targets
             )
         ]
+        self._settled.clear()
         for key in done:
             self._drop(key)
-        if done:
+        return done
+
+    async def _forget_done(self) -> None:
+        if done := self._take_done():
             await self._io(self.store.delete, done)
 
     def _due(self, t: AlertmanagerClient, now: float) -> list[AlertRecord]:
@@ -364,6 +496,8 @@ class AlertSender:
             d = t.deliveries.setdefault(r.key, Delivery())
             d.resolved_sent = 0 if firing else d.resolved_sent + (version == r.version)
             d.version, d.last_sent = max(d.version, version), now
+            if not r.firing:
+                self._settled.add(r.key)  # may be done now: _take_done looks
             n += 1
         if count:
             t.stats.sent += n
