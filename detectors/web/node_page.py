@@ -1,9 +1,10 @@
 """``/node/<instance>``: why the analyzer thinks what it thinks of one node.
 
 The anomaly score against its threshold over the last day with the alert intervals shaded; for
-the current or latest alert one plot per top contributing series (observed, the model's expected
-value and its normal band); the model's state; the node's alert history; its capacity forecasts.
-Every alert's generatorURL points here. Server-rendered SVG, no script.
+the current or latest alert one plot per top contributing series over the same day (observed, the
+model's expected value and its normal band, :mod:`.contributors`); the model's state; the node's
+alert history; its capacity forecasts. Every alert's generatorURL points here. Server-rendered
+SVG, no script.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from aiohttp import web
 from dcwatch.detectors.alerting.history import KEEP_SECONDS, PastAlert
 from dcwatch.detectors.capacity.series import human_duration
 from dcwatch.detectors.frame import split_column
-from dcwatch.detectors.timeline import BAND_SCALES, NodeTimeline, Track
+from dcwatch.detectors.timeline import NodeTimeline
 from dcwatch.detectors.web.capacity_page import plot_svg
+from dcwatch.detectors.web.contributors import (
+    BAND_SCALES,
+    Contributors,
+    LatestAlert,
+    Track,
+    contributor_plots,
+    latest_alert,
+)
 from dcwatch.detectors.web.history import fmt_time, history_table
 from dcwatch.detectors.web.keys import ANALYZER, DEMO, PLANNER
 from dcwatch.detectors.web.markup import CAPACITY_STYLE, NODE_STYLE, PAGE_STYLE, demo_banner
@@ -52,6 +61,19 @@ def _unit_of(name: str) -> str:
     return ""
 
 
+def page_now(tl: NodeTimeline | None, now: float) -> float:
+    """The page's "now": the wall clock, unless the node's newest score is ahead of it or a
+    day behind (a replay, a node gone quiet): then that score's time."""
+    last = tl.last_ts if tl is not None else None
+    if last is None:
+        return now
+    return max(now, last) if now - last < WINDOW else last
+
+
+def _window_attrs(t0: float, t1: float) -> str:
+    return f'data-from="{t0:.0f}" data-to="{t1:.0f}"'
+
+
 def score_plot(tl: NodeTimeline | None, now: float) -> str:
     """The score (1 = threshold) over the last day, alert intervals shaded."""
     t0 = now - WINDOW
@@ -76,36 +98,56 @@ def score_plot(tl: NodeTimeline | None, now: float) -> str:
         "anomaly score (1 = threshold)",
         latest,
         "score",
-        f'data-plot="score" data-alerts="{len(spans)}"',
+        f'data-plot="score" data-alerts="{len(spans)}" {_window_attrs(t0, now)}',
         tooltip=f"anomaly score over the last day, {len(spans)} alert interval(s)",
     )
 
 
-def track_plot(tr: Track, start: float, end: float | None, now: float) -> str:
-    """One contributing series: observed, expected, the band, the alert interval shaded."""
-    ts, obs, exp, lo, hi = tr.arrays()
+def track_plot(tr: Track, alert: LatestAlert, now: float) -> str:
+    """One contributing series over the score plot's window: observed, expected, the band, the
+    alert interval shaded."""
+    t0 = now - WINDOW
     name, _, _ = split_column(tr.series)
     unit = _unit_of(name)
-    seen = np.concatenate([obs, lo, hi])
+    seen = np.concatenate([tr.observed, tr.lo, tr.hi])
     seen = seen[np.isfinite(seen)]
     vmin, vmax = (float(seen.min()), float(seen.max())) if seen.size else (0.0, 1.0)
     pad = 0.05 * (vmax - vmin) or 1.0
     div, shown = unit_scale(unit, max(abs(vmin), abs(vmax)))
-    t0 = min(float(ts[0]) if ts.size else start, start)
-    t1 = max(float(ts[-1]) if ts.size else now, end or 0.0)
-    p = TimePlot(t0, t1 + 1.0, (vmin - pad) / div, (vmax + pad) / div, W, H)
-    p.spans("alert", [(start, end)])
-    p.band("normal", ts, lo / div, hi / div)
-    p.line("expected", ts, exp / div)
-    p.line("observed", ts, obs / div)
+    p = TimePlot(t0, now, (vmin - pad) / div, (vmax + pad) / div, W, H)
+    p.spans("alert", [(alert.start, alert.end)])
+    p.band("normal", tr.ts, tr.lo / div, tr.hi / div)
+    p.line("expected", tr.ts, tr.expected / div)
+    p.line("observed", tr.ts, tr.observed / div)
     e = html.escape
     return p.render(
         series_title(tr.series),
         f"vs {'recent median' if tr.feature == 'short' else 'daily profile'}",
         shown or unit or "value",
-        f'data-plot="contributor" data-series="{e(tr.series)}"',
+        f'data-plot="contributor" data-series="{e(tr.series)}" {_window_attrs(t0, now)}',
         tooltip=f"{tr.series}: observed, expected and ±{BAND_SCALES:g} robust scales",
     )
+
+
+def _alert_section(view: Contributors, now: float) -> str:
+    alert = view.alert
+    if alert is None:
+        return ""
+    e = html.escape
+    when = "current alert" if alert.end is None else f"latest alert (ended {fmt_time(alert.end)})"
+    out = f"<h2>Top contributors of the {when}, since {fmt_time(alert.start)} UTC</h2>"
+    if view.tracks:
+        plots = "".join(track_plot(tr, alert, now) for tr in view.tracks)
+        origin = " (contributors from the alert history)" if alert.origin != "scoring" else ""
+        out += (
+            "<p class='small'>last 24 h: observed (blue), the model's expected value (dashed) "
+            f"and its normal band (expected ± {BAND_SCALES:g} robust scales of training "
+            f"residuals); the alert interval is shaded{origin}.</p>"
+            f"<div class='plots'>{plots}</div>"
+        )
+    if view.note:
+        out += f"<p class='small note'>{e(view.note)}</p>"
+    return out
 
 
 def _model_table(node: NodeState, now: float) -> str:
@@ -153,31 +195,22 @@ def render_node(
     history: list[PastAlert],
     demo: str = "",
     now: float | None = None,
+    contributors: Contributors | None = None,
 ) -> str:
-    """The node page (the node must be known to ``an``)."""
+    """The node page (the node must be known to ``an``); ``contributors``: the latest alert's
+    plots (:func:`node_handler` reads them from the source first)."""
     t_start = time.perf_counter()
-    now = time.time() if now is None else now
     e = html.escape
     node = an.nodes[instance]
     tl = an.timeline.get(instance)
-    inc = tl.incident if tl is not None else None
-    if tl is not None and tl.last_ts is not None:
-        now = max(now, tl.last_ts) if now - tl.last_ts < WINDOW else tl.last_ts
+    now = page_now(tl, time.time() if now is None else now)
+    view = contributors or Contributors()
     parts = [f"<h2>Anomaly score, last 24 h</h2><div class='plots'>{score_plot(tl, now)}</div>"]
     if node.anomaly:
         parts.append("<p class='anomaly'><b>ALERT</b>: this node behaves unlike its history.</p>")
     parts.append(_contributors(node))
-    if inc is not None and inc.tracks:
-        when = "current alert" if inc.end is None else f"latest alert (ended {fmt_time(inc.end)})"
-        plots = "".join(track_plot(tr, inc.start, inc.end, now) for tr in inc.tracks.values())
-        parts.append(
-            f"<h2>Top contributors of the {when}, since {fmt_time(inc.start)} UTC</h2>"
-            "<p class='small'>observed (blue), the model's expected value (dashed) and its "
-            f"normal band (expected ± {BAND_SCALES:g} robust scales of training residuals); the "
-            "alert interval is shaded.</p>"
-            f"<div class='plots'>{plots}</div>"
-        )
-    elif not node.anomaly:
+    parts.append(_alert_section(view, now))
+    if view.alert is None and not node.anomaly:
         parts.append("<p>No alert in the last day.</p>")
     parts.append(f"<h2>Model</h2>{_model_table(node, now)}")
     parts.append(
@@ -221,5 +254,13 @@ async def node_handler(request: web.Request) -> web.Response:
     hist = await asyncio.to_thread(
         an.sender.history.since, time.time() - KEEP_SECONDS, instance, HISTORY_ROWS
     )
-    page = render_node(an, request.app.get(PLANNER), instance, hist, request.app.get(DEMO, ""))
+    tl = an.timeline.get(instance)
+    now = page_now(tl, time.time())
+    alert = latest_alert(tl, hist, now - WINDOW)
+    plots = await contributor_plots(
+        an.source, instance, an.nodes[instance].model, alert, now - WINDOW, now
+    )
+    page = render_node(
+        an, request.app.get(PLANNER), instance, hist, request.app.get(DEMO, ""), now, plots
+    )
     return web.Response(text=page, content_type="text/html")
