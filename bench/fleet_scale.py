@@ -93,13 +93,20 @@ def value(base: float, spread: float, t: np.ndarray, series: int, node: int) -> 
     )
 
 
+COUNTER_END = 1e13  # every counter's value at the end of the history
+
+
 def instance(n: int) -> str:
     return f"gpu-{n:05d}.dc.example:9478"
 
 
-def write_openmetrics(path: Path, nodes: int, start: int, end: int) -> int:
-    """History of the fleet, family by family (promtool wants each family's samples together)."""
-    t = np.arange(start, end, STEP, dtype=np.int64)
+def write_openmetrics(
+    path: Path, nodes: int, start: int, end: int, longer: dict[int, int] | None = None
+) -> int:
+    """History of the fleet, family by family (promtool wants each family's samples together);
+    the nodes in ``longer`` start at their own, earlier time (the fit sample: a model trained
+    on whole cycles, so that a normal node does not alert)."""
+    longer = longer or {}
     count = 0
     with path.open("w") as f:
         families: dict[str, list[tuple[int, str, float, float, bool]]] = {}
@@ -111,20 +118,33 @@ def write_openmetrics(path: Path, nodes: int, start: int, end: int) -> int:
             name = metric.removesuffix("_total") if kind == "counter" else metric
             f.write(f"# TYPE {name} {kind}\n")
             for n, labels, base, spread, counter in members:
+                t = np.arange(longer.get(n, start), end, STEP, dtype=np.int64)
                 v = value(base, spread, t, zlib.crc32(f"{metric}{labels}".encode()), n)
-                if counter:
+                fmt = ".6g"
+                if counter:  # ends at COUNTER_END, where the live exposition goes on from
                     v = np.cumsum(np.abs(v) * STEP)
+                    v, fmt = COUNTER_END - (v[-1] - v), ".15g"
                 prefix = f'{metric}{{{labels}instance="{instance(n)}",job="fleet"}} '
                 f.writelines(
-                    f"{prefix}{x:.6g} {ts}\n" for x, ts in zip(v.tolist(), t.tolist(), strict=True)
+                    f"{prefix}{x:{fmt}} {ts}\n"
+                    for x, ts in zip(v.tolist(), t.tolist(), strict=True)
                 )
                 count += len(t)
         f.write("# EOF\n")
     return count
 
 
-def serve(nodes: int, port: int) -> None:
-    """The live exposition of the whole fleet (one target, ``honor_labels``), fresh each scrape."""
+def faulty(n: int, share: float) -> bool:
+    """Whether node ``n`` runs hot in the live samples: every ``1/share``-th node."""
+    return share > 0 and n % max(1, round(1 / share)) == 0
+
+
+FAULT = ("dcwatch_gpu_temperature_celsius", 'gpu="0",', 8.0)  # +8 spreads (~+40 C) live
+
+
+def serve(nodes: int, port: int, share: float, history_end: float) -> None:
+    """The live exposition of the whole fleet (one target, ``honor_labels``), fresh each scrape;
+    the ``share`` of nodes that are faulty run GPU 0 hot (the alerts a pass sends)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     rows = [
@@ -139,9 +159,16 @@ def serve(nodes: int, port: int) -> None:
         for m, lab, b, sp, c in series_of(n)
     ]
     base, spread = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    hot = [
+        faulty(n, share) and (m, lab) == FAULT[:2]
+        for n in range(nodes)
+        for m, lab, *_ in series_of(n)
+    ]
+    base = base + np.where(hot, FAULT[2] * spread, 0.0)
     phase = np.array([np.random.default_rng(r[4]).uniform(0, 6.3) for r in rows])
-    counter, total = np.array([r[3] for r in rows]), np.zeros(len(rows))
+    counter = np.array([r[3] for r in rows])
     rng, last = np.random.default_rng(1), [time.time()]
+    total = COUNTER_END + base * (last[0] - history_end)  # the history's counters go on
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -152,7 +179,8 @@ def serve(nodes: int, port: int) -> None:
             last[0] = now
             v = np.where(counter, total, v)
             body = "".join(
-                f"{r[0]}{x:.6g}\n" for r, x in zip(rows, v.tolist(), strict=True)
+                f"{r[0]}{x:.15g}\n" if c else f"{r[0]}{x:.6g}\n"
+                for r, x, c in zip(rows, v.tolist(), counter.tolist(), strict=True)
             ).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -199,12 +227,22 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
 class Stack:
     """Prometheus with the backfilled blocks, and the live exposition process."""
 
-    def __init__(self, work: Path, nodes: int, history: float) -> None:
+    def __init__(
+        self,
+        work: Path,
+        nodes: int,
+        history: float,
+        sample: list[int],
+        fit_history: float,
+        share: float,
+    ) -> None:
         self.work, self.nodes = work, nodes
         now = int(time.time()) // STEP * STEP
         om = work / "history.om"
         t0 = time.perf_counter()
-        self.samples = write_openmetrics(om, nodes, now - int(history), now - 60)
+        longer = {n: now - int(max(history, fit_history)) for n in sample}
+        end = now - 60
+        self.samples = write_openmetrics(om, nodes, now - int(history), end, longer)
         self.gen_s = time.perf_counter() - t0
         data = work / "data"
         t0 = time.perf_counter()
@@ -216,7 +254,9 @@ class Stack:
         self.backfill_s = time.perf_counter() - t0
         om.unlink()
         live = free_port()
-        self.live = subprocess.Popen([sys.executable, __file__, "--serve", str(nodes), str(live)])
+        self.live = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(nodes), str(live), str(share), str(end)]
+        )
         self.port = free_port()
         cfg = work / "prometheus.yml"
         cfg.write_text(
@@ -326,7 +366,7 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
     proc = subprocess.Popen(cmd)
     ps = psutil.Process(proc.pid)
     phases, seen = [], 0
-    fitted = None
+    fitted = firing = None
     rss_state = {"peak": 0, "aborted": False}
     done = threading.Event()
 
@@ -370,6 +410,7 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
                     | {"pass": metric_value(text, "dcwatch_scoring_pass_duration_seconds") or 0}
                 )
             fitted = metric_value(text, "dcwatch_nodes", state="fitted")
+            firing = metric_value(text, "dcwatch_alerts_held", state="firing")
             time.sleep(0.5)
     finally:
         done.set()
@@ -380,6 +421,7 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
         "peak_rss": rss_state["peak"],
         "passes": phases,
         "fitted": fitted,
+        "firing": firing,
         "aborted": rss_state["aborted"],
     }
 
@@ -394,16 +436,25 @@ def seed_models(state: Path, frame: Any, nodes: int) -> None:
 
 
 def bench(
-    nodes: int, history: float, sample: int, cold_seconds: float, passes: int, fits: bool = True
+    nodes: int,
+    history: float,
+    sample: int,
+    cold_seconds: float,
+    passes: int,
+    fits: bool = True,
+    fit_history: float = 6 * 3600.0,
+    share: float = 0.01,
 ) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"fleet-{nodes}-"))
-    stack = Stack(work, nodes, history)
+    picked = list(range(0, nodes, max(1, nodes // sample)))[:sample]
+    stack = Stack(work, nodes, history, picked, fit_history, share)
     try:
-        res: dict[str, Any] = {"nodes": nodes, "samples": stack.samples}
+        res: dict[str, Any] = {"nodes": nodes, "samples": stack.samples, "share": share}
         res |= {"gen_s": stack.gen_s, "backfill_s": stack.backfill_s}
         res["read"] = asyncio.run(read_split(stack.url, nodes, 3))
-        names = [instance(n) for n in range(0, nodes, max(1, nodes // sample))][:sample]
-        frames = asyncio.run(training_frames(stack.url, names if fits else names[:1], history))
+        names = [instance(n) for n in picked]
+        window = max(history, fit_history)
+        frames = asyncio.run(training_frames(stack.url, names if fits else names[:1], window))
         nan = float("nan")
         res["fit"] = fit_times(frames) if fits else {"one": nan, "pool": nan, "dask": nan}
         res["cold"] = (
@@ -436,12 +487,16 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         " on the same machine; default queries and default analyzer settings "
         "(7 d training window, 1 h min_train, 15 s step, 1 fit worker).",
         "",
-        f"Read columns: the latest {READ_POINTS} rows of the fleet.",
+        f"Read columns: the latest {READ_POINTS} rows of the fleet, in the bench process. "
+        f"Faulty: the share of nodes whose GPU 0 runs hot in the live samples (the others are "
+        "normal, scored by a model trained on 6 h of node 0's normal history); firing: alerts "
+        "held at the end. Pass columns: median of passes 2 on (the first one backfills); max: "
+        "the slowest of them.",
         "",
-        "| nodes | read (wall) | wait | Prometheus engine | decode | align | cols/node "
-        "| pass: read | score | send | pass | RSS scoring | RSS cold start (fits) | "
+        "| nodes | faulty | firing | read (wall) | Prometheus engine | decode | cols/node "
+        "| pass: read | score | send | pass | max | RSS peak scoring | RSS cold start (fits) | "
         "fit/node | refit fleet pool(2) | refit fleet Dask(2) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         rd, ft = r["read"], r["fit"]
@@ -450,12 +505,14 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
             k: float(np.median([p[k] for p in ps])) if ps else float("nan")
             for k in ("read", "score", "send", "pass")
         }
+        worst = max((p["pass"] for p in ps), default=float("nan"))
         n = r["nodes"]
         lines.append(
-            f"| {n:,} | {rd['wall']:.2f} s | {rd['wait']:.2f} s | {rd['prometheus']:.2f} s "
-            f"| {rd['decode']:.2f} s | {rd['align']:.2f} s | {rd['columns']:.0f} "
+            f"| {n:,} | {r['share']:.0%} | {r['warm'].get('firing') or 0:.0f} "
+            f"| {rd['wall']:.2f} s | {rd['prometheus']:.2f} s "
+            f"| {rd['decode']:.2f} s | {rd['columns']:.0f} "
             f"| {med['read']:.2f} s | {med['score']:.2f} s | {med['send']:.3f} s "
-            f"| {med['pass']:.2f} s "
+            f"| {med['pass']:.2f} s | {worst:.2f} s "
             f"| {r['warm']['peak_rss'] / mib:.0f} MiB"
             f"{' (stopped: over the RSS limit)' if r['warm'].get('aborted') else ''}"
             + (
@@ -486,12 +543,23 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, action="append")
     ap.add_argument("--history", default="70m", help="backfilled history (default 70m)")
     ap.add_argument("--fit-sample", type=int, default=16, help="nodes fitted to time fits")
+    ap.add_argument(
+        "--fit-history",
+        default="6h",
+        help="history of the fit sample (the scoring run's model is trained on node 0's)",
+    )
+    ap.add_argument(
+        "--fault-share",
+        type=float,
+        default=0.01,
+        help="share of nodes running a GPU hot in the live samples (1 = a fleet-wide event)",
+    )
     ap.add_argument("--cold-seconds", type=float, default=120.0)
     ap.add_argument("--passes", type=int, default=5)
     ap.add_argument(
         "--no-fits", action="store_true", help="skip fit timings and the cold start (scoring only)"
     )
-    ap.add_argument("--serve", type=int, nargs=2, help=argparse.SUPPRESS)  # nodes port
+    ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # nodes port share history_end
     ap.add_argument(
         "--out",
         type=Path,
@@ -504,7 +572,7 @@ def main() -> None:
     global RSS_LIMIT
     RSS_LIMIT = int(args.rss_limit_gib * 2**30)
     if args.serve:
-        serve(*args.serve)
+        serve(int(args.serve[0]), int(args.serve[1]), float(args.serve[2]), float(args.serve[3]))
         return
     results = []
     for n in args.nodes or [1000]:
@@ -516,6 +584,8 @@ def main() -> None:
                 args.cold_seconds,
                 args.passes,
                 not args.no_fits,
+                parse_duration(args.fit_history),
+                args.fault_share,
             )
         )
         print(results[-1], flush=True)

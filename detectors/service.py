@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dcwatch.detectors.alerting.alerts import Alert, build_alert
 from dcwatch.detectors.alerting.alerts import Contributor as AlertContributor
-from dcwatch.detectors.alerting.alerts import build_alert
 from dcwatch.detectors.alerting.sender import AlertSender
 from dcwatch.detectors.config import AnalyzerConfig
 from dcwatch.detectors.decisions import Contributor
-from dcwatch.detectors.frame import Frame, split_column
+from dcwatch.detectors.frame import Frame, latest_range, split_column
 from dcwatch.detectors.models.fitting import FitBackend, ModelStore, fit_group, report_selection
 from dcwatch.detectors.models.node import ModelConfig, NodeModel
 from dcwatch.detectors.sources.base import Source, SourceError, fetch_some
@@ -34,6 +34,8 @@ log = logging.getLogger("dcwatch.analyzer")
 
 ANOMALY_ALERT = "DcwatchNodeAnomaly"
 BACKFILL_POINTS = 240  # after a pause, score at most this many missed steps per node
+BACKFILL_ROWS = 50_000  # node-rows one backfill read holds at most (x 30 series: 1.5 M points)
+LOG_LINES = 20  # per pass, one log line per new anomaly up to this many, then one summary
 PROBE_POINTS = 16  # grid times of the probe telling whether (and since when) a node has history
 FIT_BATCH = 200  # nodes read at once for a group's fit (bounds one read's memory)
 
@@ -107,7 +109,7 @@ class Analyzer:
             )
         self.model_config = base
         self.nodes: dict[str, NodeState] = {}
-        self.timeline = Timeline()  # last day of scores per node, for the node page
+        self.timeline = Timeline(cfg.state_dir)  # last day of scores per node, kept on disk
         self.models = ModelStore(cfg.state_dir / "models")
         self._own_backend = backend is None
         self.backend = backend or FitBackend(cfg.model.workers, cfg.model.dask_scheduler)
@@ -121,6 +123,11 @@ class Analyzer:
         self._fit_slots = asyncio.Semaphore(max(1, cfg.model.workers))
         self._group_re = re.compile(cfg.model.group_by) if cfg.model.group_by else None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The pass's alert changes, sent together once scoring is done (one batch, not one
+        # awaited call per node: a fleet-wide event makes thousands at once).
+        self._fires: list[NodeState] = []
+        self._resolves: list[str] = []
+        self._read_s = self._send_s = 0.0  # the pass's read and send time so far
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,6 +138,7 @@ class Analyzer:
                 self.nodes[instance] = NodeState(instance, status="fitted", model=model)
         if self.nodes:
             log.info("loaded %d fitted models from %s", len(self.nodes), self.models.dir)
+        await asyncio.to_thread(self.timeline.load)
         # Alerts still firing from before a restart are kept; the first pass resolves them
         # if their node is back to normal.
         for rec in self.sender.firing():
@@ -148,6 +156,8 @@ class Analyzer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._own_backend:
             await self.backend.close()
+        await asyncio.to_thread(self.timeline.save, self.timeline.unsaved())
+        await asyncio.to_thread(self.timeline.close)
 
     async def run(self) -> None:
         """Score every ``step`` seconds, on the step grid, until cancelled."""
@@ -164,47 +174,98 @@ class Analyzer:
     async def score_pass(self, now: float) -> None:
         step = self.cfg.model.step
         t0 = time.perf_counter()
+        self._read_s = self._send_s = 0.0
         try:
-            frames = await self.source.latest(step, self._points_needed(now), now)
-        except Exception as e:  # source down: keep state, report, retry next step
-            self.source_errors += 1
-            self.failing_passes += 1
-            self.last_source_error = describe_error(e)
-            log.warning(
-                "source unavailable (%s); nodes keep their state, retry in %gs",
-                self.last_source_error,
-                step,
-            )
-            return
-        if self.last_source_error:
-            log.info("source answers again after %d failed passes", self.failing_passes)
-        self.last_source_error, self.failing_passes = "", 0
-        self.last_source_success = time.time()
-        t_read = time.perf_counter()
-        self.pass_phases["send"] = 0.0
-        # New nodes first, so a group's first fit sees all the members that showed up together.
-        for instance in frames.keys() - self.nodes.keys():
-            self.nodes[instance] = NodeState(instance)
-            log.info(
-                "new node %s (group %s): cold start until %gs of history",
-                instance,
-                self.group_of(instance),
-                self.cfg.model.min_train,
-            )
-        due: list[NodeState] = []
-        for instance, frame in frames.items():
-            node = self.nodes[instance]
-            node.seen = self.passes
-            if node.model is not None:
-                await self._score_node(node, frame)
-            if self._fit_due(node, now):
-                due.append(node)
-        self._start_fits(due, now)
-        self._update_staleness(now)
-        self.pass_duration = time.perf_counter() - t0
-        self.pass_phases["read"] = t_read - t0
-        self.pass_phases["score"] = self.pass_duration - (t_read - t0) - self.pass_phases["send"]
-        self.passes += 1
+            points = self._points_needed(now)
+            try:
+                if self._backlog(points):
+                    await self._backfill(now, points)
+                    points = 2
+                    await self._send()  # before the newest rows: one change per node a batch
+                r0 = time.perf_counter()
+                frames = await self.source.latest(step, points, now)
+                self._read_s += time.perf_counter() - r0
+            except Exception as e:  # source down: keep state, report, retry next step
+                self.source_errors += 1
+                self.failing_passes += 1
+                self.last_source_error = describe_error(e)
+                log.warning(
+                    "source unavailable (%s); nodes keep their state, retry in %gs",
+                    self.last_source_error,
+                    step,
+                )
+                return
+            if self.last_source_error:
+                log.info("source answers again after %d failed passes", self.failing_passes)
+            self.last_source_error, self.failing_passes = "", 0
+            self.last_source_success = time.time()
+            # New nodes first, so a group's first fit sees all the members that showed up
+            # together.
+            for instance in frames.keys() - self.nodes.keys():
+                self.nodes[instance] = NodeState(instance)
+                log.info(
+                    "new node %s (group %s): cold start until %gs of history",
+                    instance,
+                    self.group_of(instance),
+                    self.cfg.model.min_train,
+                )
+            due: list[NodeState] = []
+            for instance, frame in frames.items():
+                node = self.nodes[instance]
+                node.seen = self.passes
+                if node.model is not None:
+                    self._score_node(node, frame)
+                if self._fit_due(node, now):
+                    due.append(node)
+            del frames
+            self._start_fits(due, now)
+            self._update_staleness(now)
+            self.passes += 1
+            # Awaited here, so two saves never overlap (an older batch could win otherwise).
+            await asyncio.to_thread(self.timeline.save, self.timeline.unsaved())
+        finally:
+            await self._send()  # what was scored is sent, even when a read then failed
+            self.pass_duration = time.perf_counter() - t0
+            self.pass_phases["read"] = self._read_s
+            self.pass_phases["send"] = self._send_s
+            self.pass_phases["score"] = self.pass_duration - self._read_s - self._send_s
+
+    def _recent(self) -> list[NodeState]:
+        """Nodes with a model that the last read had (all of them before the first read): those
+        whose missed rows a pass reads. A node that left the fleet is not among them."""
+        return [
+            n
+            for n in self.nodes.values()
+            if n.model is not None
+            and math.isfinite(n.model.last_ts_)
+            and (n.seen == self.passes - 1 or self.passes == 0)
+        ]
+
+    def _backlog(self, points: int) -> bool:
+        """Would one read of the missed rows of the whole fleet hold more than
+        ``BACKFILL_ROWS`` node-rows (then ``_backfill`` reads them a batch of nodes at a time)?"""
+        return points > 2 and points * len(self._recent()) > BACKFILL_ROWS
+
+    async def _backfill(self, now: float, points: int) -> None:
+        """After a pause (a restart, a source outage, a pass longer than the step), score the
+        last ``points`` grid times of the nodes ``_recent`` lists a batch of nodes per read, so
+        memory does not grow with nodes x pause; the pass's own read then needs 2 rows."""
+        recent = self._recent()
+        step = self.cfg.model.step
+        start, end = latest_range(step, points, now)
+        recent.sort(key=lambda n: n.model.last_ts_ if n.model is not None else 0.0)
+        per = max(1, BACKFILL_ROWS // points)
+        for lo in range(0, len(recent), per):
+            batch = recent[lo : lo + per]
+            oldest = batch[0].model.last_ts_ if batch[0].model is not None else start
+            first = max(start, math.floor(oldest / step + 1e-9) * step)  # like starts batched
+            r0 = time.perf_counter()
+            frames = await fetch_some(self.source, first, end, step, [n.instance for n in batch])
+            self._read_s += time.perf_counter() - r0
+            for node in batch:
+                if (frame := frames.get(node.instance)) is not None and node.model is not None:
+                    self._score_node(node, frame)
+            del frames
 
     def _points_needed(self, now: float) -> int:
         """Grid times the pass reads: back to the oldest newest-scored row of the nodes the last
@@ -214,19 +275,14 @@ class Analyzer:
         The models keep their streaming state (feature history, smoothing tail) and Prometheus
         computes counter rates, so no older row is needed. A node that left the fleet is not
         counted: its old ``last_ts_`` would make every pass read the backfill for everyone."""
-        last = [
-            n.model.last_ts_
-            for n in self.nodes.values()
-            if n.model is not None
-            and math.isfinite(n.model.last_ts_)
-            and (n.seen == self.passes - 1 or self.passes == 0)
-        ]
+        last = [n.model.last_ts_ for n in self._recent() if n.model is not None]
         if not last:
             return 2
         behind = math.ceil((now - min(last)) / self.cfg.model.step - 1e-9)
         return max(2, min(BACKFILL_POINTS, behind))
 
-    async def _score_node(self, node: NodeState, frame: Frame) -> None:
+    def _score_node(self, node: NodeState, frame: Frame) -> None:
+        """Score the node's new rows; its alert change joins the pass's batch (``_send``)."""
         model = node.model
         assert model is not None
         new = frame.times > model.last_ts_
@@ -237,7 +293,7 @@ class Analyzer:
         node.scored_rows += len(rows)
         if not len(result.ts):
             return
-        self.timeline.record(node.instance, result, model)  # the node page's plots
+        self.timeline.record(node.instance, result)  # the node page's plots
         node.score = float(result.score[-1])
         was, node.anomaly = node.anomaly, bool(result.is_anomaly[-1])
         if node.anomaly and not was:
@@ -248,13 +304,11 @@ class Analyzer:
             node.contributors = next(
                 (c for c in reversed(result.contributors) if c), node.contributors
             )
-            await self._fire(node)
+            self._fires.append(node)
         elif was:
             node.contributors, node.device = [], {}
             if node.alert_key:
-                t0 = time.perf_counter()
-                await self.sender.resolve(node.alert_key)
-                self.pass_phases["send"] += time.perf_counter() - t0
+                self._resolves.append(node.alert_key)
             node.alert_key = ""
             log.info("node %s back to normal; alert resolved", node.instance)
 
@@ -281,19 +335,38 @@ class Analyzer:
             device=node.device.get("device"),
         )
 
-    async def _fire(self, node: NodeState) -> None:
-        alert = self._alert(node)
-        if not node.alert_key:
+    async def _send(self) -> None:
+        """Send the alert changes collected since the last call: the alerts of the nodes still
+        anomalous (new ones, and updated observations of those already firing) and the
+        resolutions. One log line per new anomaly up to ``LOG_LINES`` a pass, then a summary."""
+        fires, resolves = self._fires, self._resolves
+        self._fires, self._resolves = [], []
+        if not fires and not resolves:
+            return
+        alerts: list[Alert] = []
+        new = 0
+        for node in fires:
+            alert = self._alert(node)
+            if not node.alert_key:
+                new += 1
+                if new <= LOG_LINES:
+                    log.warning(
+                        "anomaly on %s (score %.2f): %s",
+                        node.instance,
+                        node.score or 0,
+                        "; ".join(c.describe() for c in node.contributors) or "no detail",
+                    )
+            node.alert_key = alert.key
+            alerts.append(alert)
+        if new > LOG_LINES:
             log.warning(
-                "anomaly on %s (score %.2f): %s",
-                node.instance,
-                node.score or 0,
-                "; ".join(c.describe() for c in node.contributors) or "no detail",
+                "and %d more nodes anomalous in this pass (every one is in the alert history "
+                "and /api/alerts)",
+                new - LOG_LINES,
             )
-        node.alert_key = alert.key
         t0 = time.perf_counter()
-        await self.sender.fire(alert)
-        self.pass_phases["send"] += time.perf_counter() - t0
+        await self.sender.apply(fire=alerts, resolve=resolves)
+        self._send_s += time.perf_counter() - t0
 
     # -- fitting ---------------------------------------------------------------------------------
     def _fit_due(self, node: NodeState, now: float) -> bool:

@@ -546,3 +546,47 @@ async def test_a_pass_reads_only_the_rows_it_has_not_scored(tmp_path: Path) -> N
     assert an._points_needed(t0 + 1e6) == BACKFILL_POINTS
     an.nodes["b"].seen = -1  # b left the fleet: its old row does not make everyone read more
     assert an._points_needed(t0) == 2
+
+
+async def test_a_long_pause_is_scored_in_node_batches_and_its_alerts_sent(
+    tmp_path: Path, clock_start: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a pause the missed rows of a big fleet are read a batch of nodes at a time (memory
+    bounded by ``BACKFILL_ROWS`` node-rows, not nodes x pause), every missed row is scored once,
+    and an anomaly inside the pause still raises its alert."""
+    import dcwatch.detectors.service as service
+
+    t0 = clock_start
+    names = [f"n-{i}:9478" for i in range(6)]
+    src = FleetSource(dict.fromkeys(names, t0 - 5 * 3600))
+    cfg = config(tmp_path)
+    sender = AlertSender(cfg.alerting)
+    an = Analyzer(cfg, src, sender)
+    await sender.start(background=False)
+    await an.start()
+    try:
+        train = (await src.fetch(t0 - 4 * 3600, t0, STEP, [names[0]]))[names[0]]
+        blob = NodeModel().fit(train).dumps()
+        an.nodes = {n: NodeState(n, status="fitted", model=NodeModel.loads(blob)) for n in names}
+        missed = 40
+        monkeypatch.setattr(service, "BACKFILL_ROWS", 2 * missed)  # two nodes per read
+        src.fault, src.fault_from = True, t0 + 10 * STEP  # GPU 1 of every node runs hot
+        src.reads.clear()
+        await an.score_pass(t0 + missed * STEP)
+        batches = [r for r in src.reads if r[3] is not None]
+        assert sorted(len(r[3]) for r in batches) == [2, 2, 2]
+        assert set().union(*(r[3] for r in batches)) == set(names)
+        assert all((end - start) / step <= missed for start, end, step, _ in batches)
+        pass_read = [r for r in src.reads if r[3] is None]
+        assert [(end - start) / step for start, end, step, _ in pass_read] == [1.0]  # 2 rows
+        for n in names:
+            assert an.nodes[n].scored_rows == missed  # each missed row once, none twice
+            assert (
+                an.nodes[n].model is not None and an.nodes[n].model.last_ts_ == t0 + missed * STEP
+            )
+        firing = {r.alert.labels["instance"] for r in an.sender.firing()}
+        assert firing == set(names)
+        assert an.pass_phases["send"] > 0 and an.pass_phases["read"] > 0
+    finally:
+        await an.close()
+        await sender.stop()
