@@ -241,7 +241,7 @@ class Stack:
         om = work / "history.om"
         t0 = time.perf_counter()
         longer = {n: now - int(max(history, fit_history)) for n in sample}
-        end = now - 60
+        self.end = end = now - 60
         self.samples = write_openmetrics(om, nodes, now - int(history), end, longer)
         self.gen_s = time.perf_counter() - t0
         data = work / "data"
@@ -254,6 +254,7 @@ class Stack:
         self.backfill_s = time.perf_counter() - t0
         om.unlink()
         live = free_port()
+        self.live_start = time.time()
         self.live = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(nodes), str(live), str(share), str(end)]
         )
@@ -317,11 +318,12 @@ async def read_split(url: str, nodes: int, reads: int) -> dict[str, float]:
     return {k: v / reads if k != "columns" else v for k, v in out.items()}
 
 
-async def training_frames(url: str, sample: list[str], window: float) -> list[Any]:
+async def training_frames(url: str, sample: list[str], window: float, end: float) -> list[Any]:
+    """The sample's history up to ``end`` (the backfill's end: the live samples' first minutes
+    are not trained on, their counter rates span the gap between history and live)."""
     src = PrometheusSource(PrometheusConfig(url=url))
     try:
-        now = time.time()
-        frames = await src.fetch(now - window, now, STEP, instances=sample)
+        frames = await src.fetch(end - window, end, STEP, instances=sample)
     finally:
         await src.close()
     return [frames[i] for i in sample]
@@ -426,11 +428,14 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
     }
 
 
-def seed_models(state: Path, frame: Any, nodes: int) -> None:
-    """Every node gets a copy of one fitted model (scoring costs the same as distinct ones)."""
+def seed_models(state: Path, frame: Any, nodes: int, scored_until: float) -> None:
+    """Every node gets a copy of one fitted model (scoring costs the same as distinct ones), as
+    if the analyzer had scored every row up to ``scored_until`` (the run then scores live rows
+    only, not the gap between history and live samples)."""
     blob = fit_model(frame, ModelConfig())
     store = ModelStore(state / "models")
     model = NodeModel.loads(blob)
+    model.last_ts_ = scored_until
     for n in range(nodes):
         store.save(instance(n), model)
 
@@ -454,7 +459,8 @@ def bench(
         res["read"] = asyncio.run(read_split(stack.url, nodes, 3))
         names = [instance(n) for n in picked]
         window = max(history, fit_history)
-        frames = asyncio.run(training_frames(stack.url, names if fits else names[:1], window))
+        sampled = names if fits else names[:1]
+        frames = asyncio.run(training_frames(stack.url, sampled, window, stack.end))
         nan = float("nan")
         res["fit"] = fit_times(frames) if fits else {"one": nan, "pool": nan, "dask": nan}
         res["cold"] = (
@@ -462,7 +468,9 @@ def bench(
             if fits
             else {"peak_rss": nan, "fitted": nan}
         )
-        seed_models(work / "warm", frames[0], nodes)
+        # Score from where the rate window (2 m) no longer spans the history/live gap.
+        time.sleep(max(0.0, stack.live_start + 150 - time.time()))
+        seed_models(work / "warm", frames[0], nodes, time.time() // STEP * STEP - STEP)
         res["warm"] = run_analyzer(stack.url, work / "warm", 60 + passes * STEP * 2, passes)
         res["prom_rss"] = psutil.Process(stack.prom.pid).memory_info().rss
         return res
