@@ -8,7 +8,8 @@ every step in between. Each step the forecast gives the time to exhaustion
 rule's horizon, a ``DcwatchCapacityExhaustion`` alert through the analyzer's
 :class:`~dcwatch.detectors.alerting.sender.AlertSender`. It resolves once the estimate has been past
 1.2 x the horizon (or absent) for two evaluations in a row, so a forecast hovering around the
-horizon does not flap.
+horizon does not flap. Each round (an evaluation of a rule, a fit, the start) hands its alert
+changes to the sender at once (:meth:`~dcwatch.detectors.alerting.sender.AlertSender.apply`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from dcwatch.detectors.alerting.alerts import AlertingConfig
+from dcwatch.detectors.alerting.alerts import Alert, AlertingConfig
 from dcwatch.detectors.alerting.sender import AlertSender
 from dcwatch.detectors.capacity.rules import CapacityRule
 from dcwatch.detectors.capacity.series import (
@@ -76,17 +77,19 @@ class CapacityPlanner:
         self._eval_pool = ThreadPoolExecutor(1, thread_name_prefix="capacity")
         # Alerts firing before a restart: re-attached to their series, which resolve them when
         # the forecast no longer says full; those of rules no longer configured end now.
+        resolve = []
         for rec in self.sender.firing():
             lab = rec.alert.labels
             if lab.get("alertname") != CAPACITY_ALERT:
                 continue
             rs = self.rules.get(lab.get("rule", ""))
             if rs is None:
-                await self.sender.resolve(rec.key)
+                resolve.append(rec.key)
                 continue
             dev = lab.get(rs.rule.per) if rs.rule.per else None
             st = SeriesState(rs.rule, lab.get("instance", ""), dev, alert_key=rec.key)
             rs.series[st.key] = st
+        await self._send([], resolve)
         log.info("capacity planner: %d rules (%s)", len(self.rules), ", ".join(self.rules))
 
     async def close(self) -> None:
@@ -135,7 +138,7 @@ class CapacityPlanner:
                 if data is not None:
                     if set(data) - set(rs.series):
                         rs.next_fit = min(rs.next_fit, now)  # a new series: fit it soon
-                    await self._assess(rs, data, now)
+                    await self._send(*await self._assess(rs, data, now))
         if now >= rs.next_fit and not rs.fitting:
             rs.fitting = True
             task = asyncio.create_task(self._fit(rs, now))
@@ -158,7 +161,9 @@ class CapacityPlanner:
 
     async def _assess(
         self, rs: RuleState, data: Mapping[tuple[str, str | None], SeriesData], now: float
-    ) -> None:
+    ) -> tuple[list[Alert], list[str]]:
+        """New forecasts for the fitted series; returns the alerts to fire and the keys to
+        resolve (for :meth:`_send`)."""
         t0 = time.perf_counter()
         states = [s for s in rs.series.values() if s.forecaster is not None]
         items = []
@@ -174,6 +179,8 @@ class CapacityPlanner:
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._eval_pool, assess, rs.rule, items, now)
         stale_before = now - STALE_STEPS * rs.rule.step
+        fire: list[Alert] = []
+        resolve: list[str] = []
         for st, res in zip(states, results, strict=True):
             st.current, st.exhaustion, st.forecasts = res.current, res.exhaustion, res.forecasts
             st.forecast_plot, st.evaluated_at = res.plot, now
@@ -181,8 +188,9 @@ class CapacityPlanner:
             st.stale = end is not None and end < stale_before
             if st.stale:  # no recent data (node down): claim nothing, resolve its alert
                 st.exhaustion, st.forecasts = None, {}
-            await self._decide(st)
+            self._decide(st, fire, resolve)
         rs.eval_duration = time.perf_counter() - t0
+        return fire, resolve
 
     # -- fitting ---------------------------------------------------------------------------------
     async def _fit(self, rs: RuleState, now: float) -> None:
@@ -205,9 +213,13 @@ class CapacityPlanner:
             fitted = await self._fit_all(rule, ready)
             rs.fit_duration = time.perf_counter() - t0
             async with rs.lock:
-                await self._install(rs, data, due, fitted, now)
-                if fitted:
-                    await self._assess(rs, {}, now)
+                gone = self._install(rs, data, due, fitted, now)
+                try:
+                    fire, resolve = await self._assess(rs, {}, now) if fitted else ([], [])
+                except Exception:
+                    await self._send([], gone)  # their series are forgotten: end them anyway
+                    raise
+                await self._send(fire, gone + resolve)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -238,19 +250,21 @@ class CapacityPlanner:
             for k, f in zip(chunk, out, strict=True)
         }
 
-    async def _install(
+    def _install(
         self,
         rs: RuleState,
         data: Mapping[tuple[str, str | None], SeriesData],
         due: Mapping[tuple[str, str | None], SeriesData],
         fitted: Mapping[tuple[str, str | None], Forecaster | str],
         now: float,
-    ) -> None:
+    ) -> list[str]:
+        """Install the fits; returns the alert keys of series gone from the history (to resolve)."""
         rule = rs.rule
+        gone = []
         for key in [k for k in rs.series if k not in data]:  # gone from the whole history
             st = rs.series.pop(key)
             if st.alert_key:
-                await self.sender.resolve(st.alert_key)
+                gone.append(st.alert_key)
                 log.info("capacity %s on %s: series gone, alert resolved", rule.name, st.where)
         # Nothing to read yet (a fresh Prometheus, no such hardware): look again in a while.
         retry = now + max(rule.step, min(rule.refit, rule.min_history / 4, 600.0))
@@ -285,9 +299,17 @@ class CapacityPlanner:
                 sum(not isinstance(f, str) for f in fitted.values()),
                 rs.fit_duration,
             )
+        return gone
 
     # -- alerting --------------------------------------------------------------------------------
-    async def _decide(self, st: SeriesState) -> None:
+    async def _send(self, fire: list[Alert], resolve: list[str]) -> None:
+        """A round's alert changes in one batch (the sender resolves before it fires)."""
+        if fire or resolve:
+            await self.sender.apply(fire=fire, resolve=resolve)
+
+    def _decide(self, st: SeriesState, fire: list[Alert], resolve: list[str]) -> None:
+        """This round's word on the series' alert: (re)asserted into ``fire``, or its key into
+        ``resolve`` once cleared long enough."""
         rule = st.rule
         est = st.exhaustion.estimate if st.exhaustion else None
         if est is not None and est <= rule.horizon:
@@ -296,14 +318,14 @@ class CapacityPlanner:
             if not st.alert_key:
                 log.warning("capacity: %s", alert.annotations["summary"])
             st.alert_key = alert.key
-            await self.sender.fire(alert)
+            fire.append(alert)
             return
         if not st.alert_key:
             return
         if est is None or est > RESOLVE_FACTOR * rule.horizon:
             st.clear_count += 1
             if st.clear_count >= RESOLVE_AFTER:
-                await self.sender.resolve(st.alert_key)
+                resolve.append(st.alert_key)
                 log.info("capacity %s on %s: no longer forecast full", rule.name, st.where)
                 st.alert_key, st.clear_count = "", 0
         else:

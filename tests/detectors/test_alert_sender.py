@@ -565,4 +565,4 @@ async def test_cleanup_ctx_in_an_app(
     await eventually(lambda: am.alerts, what="delivery from the app")
     assert am.alerts[0]["labels"]["instance"] == "node-9"
     await client.close()
-    assert sender._tasks == [] and sender._session is None
+    assert sender.delivery._tasks == [] and sender.delivery._session is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -17,6 +17,8 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from dcwatch.detectors.alerting.alerts import Alert
+from dcwatch.detectors.alerting.sender import AlertSender, Applied
 from dcwatch.detectors.capacity.rules import CapacityRule, default_rules, parse_rules
 from dcwatch.detectors.capacity.series import (
     PlotHistory,
@@ -517,6 +519,87 @@ async def test_a_series_without_new_data_goes_stale(aiohttp_client, tmp_path: Pa
     assert st.stale and st.exhaustion is None
     assert [a["status"] for a in alert_log(tmp_path)] == ["firing", "resolved"]
     assert "no recent data" in render_capacity(planner)
+    await client.close()
+
+
+async def test_a_round_hands_its_alert_changes_to_the_sender_at_once(
+    aiohttp_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``AlertSender.apply`` a round: the first forecasts fire every series' alert together,
+    and at a restart the alerts of a rule no longer configured resolve together."""
+    calls: list[tuple[list[str], list[str]]] = []
+    apply = AlertSender.apply
+
+    async def counted(
+        self: AlertSender, fire: Sequence[Alert] = (), resolve: Sequence[str | Alert] = ()
+    ) -> Applied:
+        keys = [k if isinstance(k, str) else k.key for k in resolve]
+        calls.append((sorted(a.labels["gpu"] for a in fire), keys))
+        return await apply(self, fire, resolve)
+
+    monkeypatch.setattr(AlertSender, "apply", counted)
+    growth = Growth(T0 - 3600)
+    src = CapacitySource(
+        {"node-1:9478": ["0", "1", "2"]},
+        {
+            "series": lambda i, d, t: growth.used(i, "0", t),  # every GPU grows
+            "capacity": lambda i, d, t: np.full(t.size, 100.0),
+        },
+    )
+    client = await aiohttp_client(make_app(write_config(tmp_path), source=src, run_loop=False))
+    planner = client.server.app[PLANNER]
+    await planner.evaluate(T0)  # nothing fitted yet: the fit's round fires all three
+    await planner.wait_fits()
+    assert calls == [(["0", "1", "2"], [])]
+    await planner.evaluate(T0 + STEP)  # still forecast full: asserted again, together
+    assert calls[1:] == [(["0", "1", "2"], [])]
+    firing = [a for a in alert_log(tmp_path) if a["status"] == "firing"]
+    assert sorted(a["labels"]["gpu"] for a in firing) == ["0", "1", "2"]
+    keys = {st.alert_key for st in planner.rules["gpu_memory"].series.values()}
+    await client.close()
+
+    calls.clear()
+    renamed = write_config(tmp_path, RULES.replace("name: gpu_memory", "name: gpu_mem"))
+    client = await aiohttp_client(make_app(renamed, source=src, run_loop=False))
+    [(fired, resolved)] = calls
+    assert fired == [] and sorted(resolved) == sorted(keys)
+    assert [a["status"] for a in alert_log(tmp_path)] == ["firing"] * 3 + ["resolved"] * 3
+    await client.close()
+
+
+async def test_a_series_gone_at_a_refit_resolves_even_if_the_forecasts_fail(
+    aiohttp_client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    growth = Growth(T0 - 3600)
+    src = CapacitySource(
+        {"node-1:9478": ["0", "1"]},
+        {
+            "series": lambda i, d, t: growth.used(i, "0", t),
+            "capacity": lambda i, d, t: np.full(t.size, 100.0),
+        },
+    )
+    client = await aiohttp_client(make_app(write_config(tmp_path), source=src, run_loop=False))
+    planner = client.server.app[PLANNER]
+    await planner.evaluate(T0)
+    await planner.wait_fits()
+    assert [a["status"] for a in alert_log(tmp_path)] == ["firing", "firing"]
+    assess = planner._assess
+
+    async def failing(rs, data, now):  # type: ignore[no-untyped-def]
+        if not data:  # the refit's forecasts
+            raise RuntimeError("forecast bug")
+        return await assess(rs, data, now)
+
+    monkeypatch.setattr(planner, "_assess", failing)
+    src.layout["node-1:9478"] = ["0"]  # GPU 1 is gone from the whole history at the refit
+    await planner.evaluate(T0 + 3600)
+    await planner.wait_fits()
+    assert "fit failed (forecast bug)" in caplog.text
+    last = alert_log(tmp_path)[-1]
+    assert last["status"] == "resolved" and last["labels"]["gpu"] == "1"
     await client.close()
 
 
