@@ -69,7 +69,9 @@ class NodeTimeline:
             self.dirty_from = b
         if b == self.last_bucket and self.head >= 0:
             i = self.head
-            self.score[i] = np.nanmax([self.score[i], score])
+            held = float(self.score[i])
+            if score > held or held != held:  # the bucket's highest score; NaN loses to any
+                self.score[i] = score
             self.alert[i] |= alerting
             self.ts[i] = t
             return
