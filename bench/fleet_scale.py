@@ -178,8 +178,12 @@ def serve(nodes: int, port: int, share: float, history_end: float) -> None:
             total[:] += np.abs(v) * (now - last[0]) * counter
             last[0] = now
             v = np.where(counter, total, v)
+            # Stamped with the time the values are for: one process serving the whole fleet
+            # answers seconds after the scrape starts on a busy machine (an agent answers in
+            # milliseconds), which would otherwise show as noise in the counters' rates.
+            ms = int(now * 1000)
             body = "".join(
-                f"{r[0]}{x:.15g}\n" if c else f"{r[0]}{x:.6g}\n"
+                f"{r[0]}{x:.15g} {ms}\n" if c else f"{r[0]}{x:.6g} {ms}\n"
                 for r, x, c in zip(rows, v.tolist(), counter.tolist(), strict=True)
             ).encode()
             self.send_response(200)
@@ -370,6 +374,8 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
     phases, seen = [], 0
     fitted = firing = None
     rss_state = {"peak": 0, "aborted": False}
+    trace: list[tuple[float, int, int]] = []  # (seconds since start, RSS, passes seen)
+    started = time.time()
     done = threading.Event()
 
     def sample_rss() -> None:
@@ -382,6 +388,7 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
             except psutil.Error:
                 rss = 0
             rss_state["peak"] = max(rss_state["peak"], rss)
+            trace.append((time.time() - started, rss, len(phases)))
             if rss > RSS_LIMIT:
                 rss_state["aborted"] = True
                 print(f"analyzer RSS {rss / 2**30:.1f} GiB > limit: stopped", flush=True)
@@ -424,6 +431,10 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
         "passes": phases,
         "fitted": fitted,
         "firing": firing,
+        "rss_trace": [  # every 10 s: (s, MiB, passes seen), and the peak's
+            (round(t), rss // 2**20, n) for t, rss, n in trace[::20]
+        ]
+        + [max(((round(t), rss // 2**20, n) for t, rss, n in trace), key=lambda x: x[1])],
         "aborted": rss_state["aborted"],
     }
 
