@@ -6,7 +6,10 @@ than ``hold_points``), and an exponential tail is fitted to the run peaks above 
 (peaks-over-threshold, as in SPOT, Siffer et al. KDD'17). The threshold is where that tail predicts
 ``alerts_per_week`` runs per week: it extrapolates beyond the largest training score when the
 training window is shorter than the wanted interval between alerts, instead of clamping to the
-training maximum.
+training maximum. On a short window (a minute at 1 s) that extrapolation rests on a few peaks, so
+the tail's base keeps at least ``MIN_TAIL_POINTS`` scores above it, and the threshold never asks
+less than ``surprise_floor``: the surprise that independent features would reach by chance
+``alerts_per_week`` times a week.
 
 The alert rule then fires after ``for_points`` consecutive smoothed scores above the threshold
 (like Prometheus ``for:``) and resolves after ``hold_points`` consecutive scores below ``release``
@@ -23,6 +26,9 @@ import numpy as np
 from dcwatch.detectors.backtest.evaluation import runs
 
 SECONDS_PER_DAY = 86400.0
+# Fewest training scores above the tail's base ``u``: on short training the base moves down to
+# keep that many, so the tail's scale is fitted to several peaks, not to the largest score alone.
+MIN_TAIL_POINTS = 10
 
 
 @dataclass(frozen=True)
@@ -71,19 +77,36 @@ def _clusters(flags: np.ndarray, gap: int) -> np.ndarray:
     return np.stack([starts, ends], axis=1)
 
 
-def calibrate_threshold(scores: np.ndarray, days: float, config: DecisionConfig) -> Threshold:
-    """Threshold on smoothed training ``scores`` for ``config.alerts_per_week`` alert runs."""
+def surprise_floor(step_seconds: float, tests: int, config: DecisionConfig) -> float:
+    """The surprise (``-log10`` probability) that ``tests`` independent calibrated surprises per
+    row, a row every ``step_seconds``, exceed ``config.alerts_per_week`` times a week by chance.
+
+    An alert resting on one row's surprise below it would fire more often than wanted even if
+    the training tail were known exactly: the least the threshold may ask (see
+    ``calibrate_threshold``'s ``floor``). Over a long training window the fitted tail asks more
+    and the floor does not bind; over a short one (a minute at 1 s) the tail is a long
+    extrapolation from a few peaks, and the floor keeps a normal row from alerting."""
+    rows_per_week = 7.0 * SECONDS_PER_DAY / max(step_seconds, 1e-9)
+    return float(np.log10(max(rows_per_week * tests / max(config.alerts_per_week, 1e-9), 1.0)))
+
+
+def calibrate_threshold(
+    scores: np.ndarray, days: float, config: DecisionConfig, floor: float = 0.0
+) -> Threshold:
+    """Threshold on smoothed training ``scores`` for ``config.alerts_per_week`` alert runs, and
+    at least ``floor``."""
     s = np.asarray(scores, dtype=float)
     s = s[np.isfinite(s)]
     if s.size == 0:
-        return Threshold(value=1.0, base=0.0, tail_scale=0.0, runs_per_day=0.0)
-    u = float(np.quantile(s, config.tail_quantile))
+        return Threshold(value=max(1.0, floor), base=0.0, tail_scale=0.0, runs_per_day=0.0)
+    u = float(np.quantile(s, min(config.tail_quantile, 1.0 - MIN_TAIL_POINTS / s.size)))
     cl = _clusters(s > u, config.hold_points)
     days = max(days, 1e-9)
     if len(cl) == 0:
         # No excursion above the quantile at all (flat score): demand a clear step above it.
         spread = float(u - np.median(s))
-        return Threshold(value=u + max(spread, 1.0), base=u, tail_scale=0.0, runs_per_day=0.0)
+        t = max(u + max(spread, 1.0), floor)
+        return Threshold(value=t, base=u, tail_scale=0.0, runs_per_day=0.0)
     peaks = np.array([s[a:b].max() for a, b in cl])
     beta = float(np.mean(peaks - u))
     if beta <= 0:
@@ -92,7 +115,7 @@ def calibrate_threshold(scores: np.ndarray, days: float, config: DecisionConfig)
     target = max(config.alerts_per_week / 7.0, 1e-9)
     t = u + beta * max(np.log(rate / target), 0.0)
     # Scores are divided by the threshold: keep it positive whatever the training scores were.
-    return Threshold(value=max(float(t), 1e-6), base=u, tail_scale=beta, runs_per_day=rate)
+    return Threshold(value=max(float(t), floor, 1e-6), base=u, tail_scale=beta, runs_per_day=rate)
 
 
 @dataclass

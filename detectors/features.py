@@ -230,7 +230,7 @@ class FeatureBuilder:
         empty = History(ts=np.zeros(0), values=np.zeros((0, values.shape[1])))
         r, obs, exp = self._residuals(empty, ts, values)
         use = np.ones(len(r), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
-        use[: min(self.history_len_, max(0, len(r) - 1))] = False
+        use[: self.warmup_rows(len(r))] = False
         self.center_, self.scale_ = robust_center_scale(r[use] if use.any() else r)
         self.feature_names_ = [f"{c}:{k}" for k in KINDS for c in self.columns_]
         self.series_index_ = np.tile(np.arange(len(self.columns_)), len(KINDS))
@@ -242,6 +242,12 @@ class FeatureBuilder:
             expected=exp,
             history=History(ts=ts[-h:].copy(), values=values[-h:].copy()),
         )
+
+    def warmup_rows(self, n: int) -> int:
+        """Leading rows of an ``n``-row training frame whose windows are not yet full: not learnt
+        from. At most half the rows, so a short training frame (a minute at 1 s against a
+        60-point window) still scales each feature on many rows, not on the last one alone."""
+        return min(self.history_len_, n // 2)
 
     @property
     def n_features(self) -> int:

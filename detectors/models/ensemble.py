@@ -143,6 +143,12 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             per_feature = np.maximum(surprises, onset)
         return out, per_feature, after
 
+    def residual_scale(self, value: float) -> float:
+        """A row's score on the common scale when its largest residual surprise is ``value``
+        and every other channel is at its training median."""
+        check_is_fitted(self, "residual_")
+        return float((value - self.center_[0]) / self.spread_[0])
+
     def initial_carry(self) -> np.ndarray:
         """The streaming state before any row (empty without the onset channel)."""
         check_is_fitted(self, "residual_")

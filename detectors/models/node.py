@@ -28,6 +28,7 @@ from dcwatch.detectors.decisions import (
     apply_rule,
     calibrate_threshold,
     smooth,
+    surprise_floor,
     top_contributors,
 )
 from dcwatch.detectors.features import (
@@ -57,6 +58,12 @@ STATE_FORMAT = "dcwatch.node-model"
 # so its carry is empty).
 STATE_VERSION = 4
 READ_VERSIONS = (2, 3, 4)
+
+
+# Rows one sample may fill: a grid step at the scrape interval repeats a sample whenever scrape
+# jitter puts two grid times before the next one (Prometheus range queries), so a lone unusual
+# sample can show in two consecutive rows.
+SPIKE_ROWS = 2
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,9 @@ class NodeModel:
         raw, carry = _train_scores(detector, train.z)
         smoothed, _ = smooth(np.zeros(0), raw, self.config.decisions.smooth_points)
         days = int(use.sum()) * self.features_.step_ / SECONDS_PER_DAY
-        threshold = calibrate_threshold(smoothed[use], days, self.config.decisions)
+        threshold = calibrate_threshold(
+            smoothed[use], days, self.config.decisions, self._floor(detector)
+        )
         return self._finish(train, detector, raw, carry, threshold, time.perf_counter() - t0)
 
     @classmethod
@@ -194,7 +203,8 @@ class NodeModel:
             smoothed, _ = smooth(np.zeros(0), raw_scores[name], cfg.decisions.smooth_points)
             pooled.append(smoothed[train.use])
             days += int(train.use.sum()) * model.features_.step_ / SECONDS_PER_DAY
-        threshold = calibrate_threshold(np.concatenate(pooled), days, cfg.decisions)
+        floor = max(model._floor(detector) for model, _ in members.values())
+        threshold = calibrate_threshold(np.concatenate(pooled), days, cfg.decisions, floor)
         seconds = time.perf_counter() - t0
         return {
             name: model._finish(
@@ -233,7 +243,7 @@ class NodeModel:
         self.features_.dropped_ = [c for c in names if c not in kept][: self.config.max_series]
         self.selection_ = SeriesSelection(list(columns), len(names), over_limit)
         use = np.ones(len(block.z), dtype=bool)
-        use[: min(self.features_.history_len_, len(block.z) // 2)] = False
+        use[: self.features_.warmup_rows(len(block.z))] = False
         if exclude is not None:
             use &= ~exclude
         if use.sum() < 2:
@@ -244,6 +254,15 @@ class NodeModel:
             last_ts=float(block.ts[-1]) if len(block.ts) else float("nan"),
             history=block.history,
         )
+
+    def _floor(self, detector: EnsembleDetector) -> float:
+        """The least threshold (``decisions.surprise_floor``): the smoothed score of a residual
+        surprise at the floor in ``SPIKE_ROWS`` rows between rows at the median."""
+        dcfg = self.config.decisions
+        tests = 2 * detector.n_features_in_  # both sides of every feature
+        floor = surprise_floor(self.features_.step_, tests, dcfg)
+        points = max(1, dcfg.smooth_points)
+        return detector.residual_scale(floor) * min(SPIKE_ROWS, points) / points
 
     def _new_detector(self) -> EnsembleDetector:
         cfg = self.config

@@ -6,7 +6,8 @@ the deviation and turns a new deviation into a *surprise*: ``-log10`` of the tra
 a deviation at least that large (from training quantiles, and an exponential tail fitted to the top
 ``tail_fraction`` beyond the largest quantile). A series that is always spiky in training (a nightly
 disk job) thus needs a much larger spike to count than one that is normally flat, without any
-per-series setting.
+per-series setting. On a short training window the grid stops at the ``1 - 1/n`` quantile and the
+tail is fitted to at least ``MIN_TAIL_POINTS`` values (``tail_levels``, ``fit_tail``).
 
 The anomaly score of a row is the largest surprise over its features (the backtests preferred the
 maximum to sums and top-k means: anomalies typically show in a few series, and a sum rewards noise
@@ -28,6 +29,21 @@ from dcwatch.detectors.models.persist import State, array, expect, integer, numb
 _BLOCK_VALUES = 2**20
 # Quantile levels of the one-sided deviation at which the surprise is known exactly.
 LEVELS = np.array([0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999])
+# Fewest training points the exponential tail's scale is fitted to (its relative standard error
+# is about 1 / sqrt of that): the top ``tail_fraction`` when there are enough rows, else these.
+MIN_TAIL_POINTS = 10
+
+
+def tail_levels(n: int) -> np.ndarray:
+    """The grid's quantile levels for ``n`` training rows: ``LEVELS``, none above ``1 - 1 / n``.
+
+    A short window cannot vouch for a 1-in-1000 tail; and with the top level below the largest
+    training value, the largest values of training are scored by the exponential tail like new
+    values beyond the grid. Otherwise the training scores of a short window would stop at the
+    grid's top while one new row in a few goes beyond it, and a threshold calibrated on the
+    training scores would sit far too low (about ``1 / n`` of new rows pass the top level in
+    each of a node's features)."""
+    return np.minimum(LEVELS, 1.0 - 1.0 / max(n, 2))
 
 
 def _knots(levels: np.ndarray) -> np.ndarray:
@@ -155,21 +171,24 @@ def load_tail(det: T, state: State, sides: int) -> T:
 def fit_tail(D: np.ndarray, tail_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column calibration of non-negative deviations D (n, m) for ``surprise``: the quantile
     grid (K, m), the surprise at each grid row (K,) and the exponential tail scale (m,) fitted to
-    the top ``tail_fraction`` (the mean excess over that quantile)."""
-    grid = np.quantile(D, LEVELS, axis=0)  # (L, m)
+    the top ``tail_fraction`` (the mean excess over that quantile; over the top
+    ``MIN_TAIL_POINTS`` on short training)."""
+    n = D.shape[0]
+    levels = tail_levels(n)
+    grid = np.quantile(D, levels, axis=0)  # (L, m)
     # A strictly increasing grid keeps the interpolation well defined on ties (e.g. many zeros).
     eps = 1e-9 * np.maximum(1.0, np.abs(grid).max(axis=0))
-    grid = grid + np.arange(len(LEVELS))[:, None] * eps[None, :]
+    grid = grid + np.arange(len(levels))[:, None] * eps[None, :]
     grid = np.vstack([np.zeros((1, D.shape[1])), np.maximum(grid, 0.0)])
     grid[1:] = np.maximum(grid[1:], grid[:-1] + eps)
-    u = np.quantile(D, 1.0 - tail_fraction, axis=0)
+    u = np.quantile(D, 1.0 - max(tail_fraction, min(0.5, MIN_TAIL_POINTS / max(n, 1))), axis=0)
     over = u < D
     n_over = over.sum(axis=0)
     beta = np.where(over, D - u, 0.0).sum(axis=0) / np.maximum(n_over, 1)
     beta = np.where(n_over > 0, beta, np.nan)
     fallback = np.maximum(grid[-1] - grid[-4], 1.0)
     tail = np.where(np.isfinite(beta) & (beta > 0), beta, fallback)
-    return grid, _knots(LEVELS), tail
+    return grid, _knots(levels), tail
 
 
 def surprise(D: np.ndarray, grid: np.ndarray, knots: np.ndarray, tail: np.ndarray) -> np.ndarray:
