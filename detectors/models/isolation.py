@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dcwatch.detectors.models.persist import (
     State,
+    StateError,
     array,
     expect,
     integer,
@@ -44,6 +45,23 @@ def _floor_float32(t: np.ndarray) -> np.ndarray:
     too_big = f.astype(np.float64) > t
     f[too_big] = np.nextafter(f[too_big], np.float32(-np.inf))
     return f
+
+
+def _narrowest(n: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
+    """The smallest integer dtype holding the indices ``0 .. n - 1``."""
+    for dtype in (np.uint8, np.uint16):
+        if n <= np.iinfo(dtype).max + 1:
+            return dtype
+    return np.int32
+
+
+def index_array(state: State, key: str) -> np.ndarray:
+    """A 1-d array of node or feature indices in any integer dtype (``_narrowest`` writes the
+    smallest that holds them; version 4 states wrote ``int32``)."""
+    value = state.get(key)
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "iu":
+        raise StateError(f"{key!r} is not a 1-d integer array")
+    return value.astype(np.int64)
 
 
 class PackedForest:
@@ -79,24 +97,32 @@ class PackedForest:
             max_depth = max(max_depth, self_depth)
             offset += n
         # children[2 * i] is the left child of node i, children[2 * i + 1] the right one.
-        self.children = (
-            np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)
-            .ravel()
-            .astype(np.int32)
+        children = np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1).ravel()
+        feature = np.concatenate(feats)
+        thresholds = _floor_float32(np.concatenate(thrs))
+        leaf_value = np.concatenate(vals).astype(np.float32)
+        self._set(
+            children, feature, np.where(children[0::2] == np.arange(offset), leaf_value, thresholds)
         )
-        self.feature = np.concatenate(feats).astype(np.int32)
-        self.threshold = _floor_float32(np.concatenate(thrs))
-        self.value = np.concatenate(vals).astype(np.float32)
         self.roots = np.asarray(roots, dtype=np.int32)
         self.max_depth = max_depth
         self.norm = float(average_path_length(np.array([forest.max_samples_]))[0])
+
+    def _set(self, children: np.ndarray, feature: np.ndarray, split: np.ndarray) -> None:
+        """Keep the trees in the narrowest dtypes that hold them (a fleet holds thousands of
+        forests): node indices in 16 bits up to 65,536 tree nodes, features in 8 bits up to 256,
+        and one float per node, the split threshold of an inner node or the path length of a
+        leaf (a leaf's children are itself, so its comparison never matters)."""
+        n = len(feature)
+        self.children = children.astype(_narrowest(n))
+        self.feature = feature.astype(_narrowest(int(feature.max()) + 1 if n else 1))
+        self.split = split.astype(np.float32)
 
     def state(self) -> State:
         return {
             "children": self.children,
             "feature": self.feature,
-            "threshold": self.threshold,
-            "value": self.value,
+            "split": self.split,
             "roots": self.roots,
             "max_depth": self.max_depth,
             "norm": self.norm,
@@ -105,24 +131,26 @@ class PackedForest:
     @classmethod
     def from_state(cls, state: State) -> PackedForest:
         packed = cls.__new__(cls)  # __init__ packs a scikit-learn forest; here the arrays are given
-        packed.children = array(state, "children", np.int32, 1)
-        packed.feature = array(state, "feature", np.int32, 1)
-        packed.threshold = array(state, "threshold", np.float32, 1)
-        packed.value = array(state, "value", np.float32, 1)
+        children = index_array(state, "children")
+        feature = index_array(state, "feature")
+        n = len(feature)
+        expect(children.shape == (2 * n,), "two children per tree node")
+        if "split" in state:
+            split = array(state, "split", np.float32, 1)
+        else:  # version 4: thresholds (infinite at leaves) and leaf values apart
+            threshold = array(state, "threshold", np.float32, 1)
+            value = array(state, "value", np.float32, 1)
+            expect(threshold.shape == value.shape == (n,), "a threshold and a value per node")
+            split = np.where(np.isinf(threshold), value, threshold)
+        expect(split.shape == (n,), "a split or leaf value per tree node")
         packed.roots = array(state, "roots", np.int32, 1)
         packed.max_depth = integer(state, "max_depth")
         packed.norm = number(state, "norm")
-        n = len(packed.feature)
-        expect(
-            packed.children.shape == (2 * n,)
-            and packed.threshold.shape == packed.value.shape == (n,),
-            "two children, a threshold and a value per tree node",
-        )
         # Indices out of range would fail (or read garbage) at every scoring pass instead.
-        for name in ("children", "roots"):
-            idx = getattr(packed, name)
+        for name, idx in (("children", children), ("roots", packed.roots)):
             expect(not idx.size or (idx.min() >= 0 and idx.max() < n), f"{name} index tree nodes")
-        expect(packed.max_depth >= 0 and (not n or packed.feature.min() >= 0), "valid features")
+        expect(packed.max_depth >= 0 and (not n or feature.min() >= 0), "valid features")
+        packed._set(children, feature, split)
         return packed
 
     def mean_path_length(self, X: np.ndarray) -> np.ndarray:
@@ -140,9 +168,10 @@ class PackedForest:
             node = np.broadcast_to(self.roots, (m, len(self.roots))).copy()
             base = (np.arange(m) * d)[:, None]
             for _ in range(self.max_depth):
-                go_right = Xc[base + self.feature[node]] > self.threshold[node]
-                node = self.children[2 * node + go_right]
-            out[lo : lo + m] = self.value[node].mean(axis=1, dtype=np.float64)
+                go_right = Xc[base + self.feature[node]] > self.split[node]
+                # In 32 bits: twice a 16-bit node index may not fit 16 bits.
+                node = self.children[np.multiply(node, 2, dtype=np.int32) + go_right]
+            out[lo : lo + m] = self.split[node].mean(axis=1, dtype=np.float64)
         return out
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:

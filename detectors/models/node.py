@@ -54,10 +54,12 @@ STATE_FORMAT = "dcwatch.node-model"
 # 1 was a pickle; 2 is the ``persist`` container (JSON header + arrays, nothing executed on load);
 # 3 adds the series bound (``max_series``, ``max_train_rows``, ``forest_rows``) and the selection.
 # 4 adds the onset channel's CUSUM carried between calls (``onset_carry``).
+# 5 keeps the isolation forest's trees in narrow dtypes, one float per tree node (``PackedForest``;
+# version 4 trees are converted when read).
 # Version 2 and 3 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
 # so its carry is empty).
-STATE_VERSION = 4
-READ_VERSIONS = (2, 3, 4)
+STATE_VERSION = 5
+READ_VERSIONS = (2, 3, 4, 5)
 
 
 # Rows one sample may fill: a grid step at the scrape interval repeats a sample whenever scrape

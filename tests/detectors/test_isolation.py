@@ -87,6 +87,23 @@ def test_packed_forest_equals_sklearn(max_features: float) -> None:
     np.testing.assert_allclose(packed.score_samples(Y), forest.score_samples(Y), atol=1e-7)
 
 
+@pytest.mark.parametrize(("trees", "index"), [(200, np.uint16), (400, np.int32)])
+def test_packed_forest_keeps_narrow_indices_and_still_equals_sklearn(
+    trees: int, index: type[np.integer]
+) -> None:
+    # Beyond 32,768 tree nodes twice a 16-bit index overflows 16 bits; beyond 65,536 the
+    # indices themselves need 32 bits.
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(4000, 300)) * rng.uniform(0.01, 100, 300)
+    forest = IsolationForest(n_estimators=trees, max_samples=512, random_state=1).fit(X)
+    packed = PackedForest(forest)
+    assert packed.children.dtype == index and packed.feature.dtype == np.uint16
+    assert len(packed.feature) > (32768 if index == np.uint16 else 65536)
+    Y = np.vstack([X[:300], rng.normal(size=(100, 300)) * 200])
+    np.testing.assert_allclose(packed.score_samples(Y), forest.score_samples(Y), atol=1e-7)
+    assert PackedForest(IsolationForest(n_estimators=5).fit(X[:, :8])).feature.dtype == np.uint8
+
+
 def test_isolation_detector_pickle_drops_sklearn_trees(data) -> None:
     X, _ = data
     det = IsolationForestDetector(n_estimators=20, random_state=0).fit(X)

@@ -129,7 +129,27 @@ def test_version_3_files_still_load_and_score_the_same(
     legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 3, state))
     assert legacy.config == model.config and legacy.onset_carry_.shape == (0,)
     assert_same_results(legacy.score(test.iloc[:250]), model.score(test.iloc[:250]))
-    assert STATE_VERSION == 4
+    assert STATE_VERSION == 5
+
+
+def test_version_4_files_with_wide_trees_still_load_and_score_the_same(
+    data: tuple[pd.DataFrame, pd.DataFrame], fitted: NodeModel
+) -> None:
+    # Version 4 kept the trees' indices in 32 bits, thresholds (infinite at leaves) and leaf
+    # values apart.
+    state = fitted.state()
+    packed = state["detector"]["iforest"]["packed"]
+    children, split = packed.pop("children"), packed.pop("split")
+    leaf = children[0::2] == np.arange(len(split))
+    packed["children"] = children.astype(np.int32)
+    packed["feature"] = packed["feature"].astype(np.int32)
+    packed["threshold"] = np.where(leaf, np.inf, split).astype(np.float32)
+    packed["value"] = np.where(leaf, split, 0.0).astype(np.float32)
+    legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 4, state))
+    test = data[1]
+    current = NodeModel.loads(fitted.dumps())  # the fixture is shared: not advanced here
+    assert_same_results(legacy.score(test.iloc[:250]), current.score(test.iloc[:250]))
+    assert legacy.detector_.iforest_.packed_.children.dtype == np.uint16
 
 
 def test_the_format_is_a_zip_of_arrays_naming_no_module(fitted: NodeModel) -> None:
