@@ -21,32 +21,26 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from dcwatch.detectors.alerting.alerts import Alert, AlertingConfig
 from dcwatch.detectors.alerting.sender import AlertSender
+from dcwatch.detectors.capacity.fits import RuleFits
 from dcwatch.detectors.capacity.rules import CapacityRule
 from dcwatch.detectors.capacity.series import (
-    PlotHistory,
     SeriesData,
     assess,
-    extract_series,
-    fit_forecasters,
 )
 from dcwatch.detectors.capacity.state import CAPACITY_ALERT, RuleState, SeriesState, capacity_alert
 from dcwatch.detectors.models.fitting import FitBackend
-from dcwatch.detectors.models.forecast import Forecaster
 from dcwatch.detectors.sources.base import Source
 
 log = logging.getLogger("dcwatch.analyzer.capacity")
 
 RESOLVE_FACTOR = 1.2  # resolve only once the estimate is beyond this many horizons ...
 RESOLVE_AFTER = 2  # ... (or absent) for this many evaluations in a row
-FIT_CHUNK = 64  # series per worker call
 STALE_STEPS = 10  # a series without data for this many steps has no forecast
 
 
-class CapacityPlanner:
+class CapacityPlanner(RuleFits):
     """Owns the rules' series states, the fit workers and the evaluation loop."""
 
     def __init__(
@@ -146,19 +140,6 @@ class CapacityPlanner:
             task.add_done_callback(self._tasks.discard)
         self.evaluations += 1
 
-    async def _read(self, rs: RuleState, start: float, end: float) -> dict | None:
-        try:
-            frames = await rs.source.fetch(start, end, rs.rule.step)
-        except Exception as e:  # source down: keep the last forecasts, retry next step
-            rs.errors += 1
-            msg = f"{type(e).__name__}: {e}"
-            if msg != rs.last_error:
-                log.warning("capacity rule %s: source unavailable (%s)", rs.rule.name, msg)
-            rs.last_error = msg
-            return None
-        rs.last_error = ""
-        return extract_series(rs.rule, frames)
-
     async def _assess(
         self, rs: RuleState, data: Mapping[tuple[str, str | None], SeriesData], now: float
     ) -> tuple[list[Alert], list[str]]:
@@ -191,115 +172,6 @@ class CapacityPlanner:
             self._decide(st, fire, resolve)
         rs.eval_duration = time.perf_counter() - t0
         return fire, resolve
-
-    # -- fitting ---------------------------------------------------------------------------------
-    async def _fit(self, rs: RuleState, now: float) -> None:
-        rule = rs.rule
-        try:
-            data = await self._read(rs, now - rule.history, now)
-            if data is None:
-                rs.next_fit = now + min(rule.refit, 300.0)
-                return
-            need = rule.min_history / rule.step
-            due = {
-                k: d
-                for k, d in data.items()
-                if k not in rs.series
-                or rs.series[k].forecaster is None
-                or now - rs.series[k].fitted_at >= rule.refit
-            }
-            ready = {k: d for k, d in due.items() if np.isfinite(d.values).sum() >= need}
-            t0 = time.perf_counter()
-            fitted = await self._fit_all(rule, ready)
-            rs.fit_duration = time.perf_counter() - t0
-            async with rs.lock:
-                gone = self._install(rs, data, due, fitted, now)
-                try:
-                    fire, resolve = await self._assess(rs, {}, now) if fitted else ([], [])
-                except Exception:
-                    await self._send([], gone)  # their series are forgotten: end them anyway
-                    raise
-                await self._send(fire, gone + resolve)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            rs.errors += 1
-            rs.next_fit = now + min(rule.refit, 300.0)
-            log.exception("capacity rule %s: fit failed (%s); retry later", rule.name, e)
-        finally:
-            rs.fitting = False
-
-    async def _fit_all(
-        self, rule: CapacityRule, ready: Mapping[tuple[str, str | None], SeriesData]
-    ) -> dict[tuple[str, str | None], Forecaster | str]:
-        keys = list(ready)
-        chunks = [keys[i : i + FIT_CHUNK] for i in range(0, len(keys), FIT_CHUNK)]
-        parts = await asyncio.gather(
-            *(
-                self.backend.run(
-                    fit_forecasters,
-                    rule,
-                    [(ready[k].times, ready[k].values) for k in chunk],
-                )
-                for chunk in chunks
-            )
-        )
-        return {
-            k: f
-            for chunk, out in zip(chunks, parts, strict=True)
-            for k, f in zip(chunk, out, strict=True)
-        }
-
-    def _install(
-        self,
-        rs: RuleState,
-        data: Mapping[tuple[str, str | None], SeriesData],
-        due: Mapping[tuple[str, str | None], SeriesData],
-        fitted: Mapping[tuple[str, str | None], Forecaster | str],
-        now: float,
-    ) -> list[str]:
-        """Install the fits; returns the alert keys of series gone from the history (to resolve)."""
-        rule = rs.rule
-        gone = []
-        for key in [k for k in rs.series if k not in data]:  # gone from the whole history
-            st = rs.series.pop(key)
-            if st.alert_key:
-                gone.append(st.alert_key)
-                log.info("capacity %s on %s: series gone, alert resolved", rule.name, st.where)
-        # Nothing to read yet (a fresh Prometheus, no such hardware): look again in a while.
-        retry = now + max(rule.step, min(rule.refit, rule.min_history / 4, 600.0))
-        next_fit = now + rule.refit if data else retry
-        for key, d in data.items():
-            st = rs.series.get(key) or SeriesState(rule, key[0], key[1])
-            rs.series[key] = st
-            if d.capacity is not None:
-                st.capacity = d.capacity
-            st.current = d.last if d.last is not None else st.current
-            if key not in due:
-                next_fit = min(next_fit, st.fitted_at + rule.refit)
-                continue
-            f = fitted.get(key)
-            if f is None:  # too short: try again when enough history can be there
-                n, need = int(np.isfinite(d.values).sum()), math.ceil(rule.min_history / rule.step)
-                st.fit_error = f"collecting history ({n} of {need} points)"
-                next_fit = min(next_fit, now + max(1, need - n) * rule.step)
-            elif isinstance(f, str):
-                st.fit_error = f
-                next_fit = min(next_fit, retry)
-                log.warning("capacity %s on %s: fit failed: %s", rule.name, st.where, f)
-            else:
-                st.forecaster, st.fitted_at, st.fit_error = f, now, ""
-                st.plot = PlotHistory.for_rule(rule)
-                st.plot.add(d.times, d.values)
-        rs.next_fit = next_fit
-        if fitted:
-            log.info(
-                "capacity rule %s: fitted %d series in %.2fs",
-                rule.name,
-                sum(not isinstance(f, str) for f in fitted.values()),
-                rs.fit_duration,
-            )
-        return gone
 
     # -- alerting --------------------------------------------------------------------------------
     async def _send(self, fire: list[Alert], resolve: list[str]) -> None:

@@ -620,6 +620,64 @@ async def test_fits_in_a_worker_process(aiohttp_client, tmp_path: Path) -> None:
     await client.close()
 
 
+class ListingSource(CapacitySource):
+    """A source that lists its instances and reads some of them (as ``PrometheusSource``),
+    recording which instances each read named."""
+
+    def __init__(self, layout: dict[str, list[str | None]], values: dict[str, Value]) -> None:
+        super().__init__(layout, values)
+        self.reads: list[tuple[float, list[str] | None]] = []
+        self.listing_fails = False
+
+    def with_queries(self, queries: tuple[NamedQuery, ...]) -> ListingSource:
+        view = ListingSource(self.layout, self.values)
+        view.queries, view.parent = queries, self  # type: ignore[attr-defined]
+        return view
+
+    async def instances(self) -> list[str]:
+        if getattr(self, "parent", self).listing_fails:
+            raise OSError("connection refused")
+        return sorted(self.layout)
+
+    async def fetch(  # type: ignore[override]
+        self, start: float, end: float, step: float, instances: list[str] | None = None
+    ) -> dict[str, Frame]:
+        getattr(self, "parent", self).reads.append((end - start, instances))
+        frames = await super().fetch(start, end, step)
+        return frames if instances is None else {i: frames[i] for i in instances}
+
+
+async def test_a_fleet_is_fitted_a_batch_of_nodes_per_history_read(
+    aiohttp_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 6 h at 1 minute is 361 points: two nodes a read.
+    monkeypatch.setattr("dcwatch.detectors.capacity.fits.READ_NODE_POINTS", 800)
+    nodes = {f"node-{i}:9478": ["0", "1"] for i in range(5)}
+    src = ListingSource(
+        nodes,
+        {"series": Growth(T0 - 3600).used, "capacity": lambda i, d, t: np.full(t.size, 100.0)},
+    )
+    client = await aiohttp_client(make_app(write_config(tmp_path), source=src, run_loop=False))
+    planner = client.server.app[PLANNER]
+    await planner.evaluate(T0)
+    await planner.wait_fits()
+    rs = planner.rules["gpu_memory"]
+    assert len(rs.series) == 10 and all(s.forecaster is not None for s in rs.series.values())
+    history = [names for span, names in src.reads if span == 6 * 3600]
+    assert history == [sorted(nodes)[0:2], sorted(nodes)[2:4], sorted(nodes)[4:5]]
+    [st] = [s for s in rs.series.values() if s.instance == "node-4:9478" and s.device == "0"]
+    assert st.exhaustion is not None and st.exhaustion.estimate == 1200.0
+    fired = {(a["labels"]["instance"], a["labels"]["gpu"]) for a in alert_log(tmp_path)}
+    assert fired == {(n, "0") for n in nodes}  # every GPU 0 is 20 minutes from full
+    # At the refit a listing that fails forgets nothing and resolves nothing.
+    src.listing_fails = True
+    await planner.evaluate(T0 + 3600)
+    await planner.wait_fits()
+    assert len(rs.series) == 10 and rs.next_fit == T0 + 3600 + 300
+    assert all(a["status"] == "firing" for a in alert_log(tmp_path))
+    await client.close()
+
+
 async def test_rack_budget_rule_sums_nodes(aiohttp_client, tmp_path: Path) -> None:
     rules = """
 capacity_rules:
