@@ -590,3 +590,84 @@ async def test_a_long_pause_is_scored_in_node_batches_and_its_alerts_sent(
     finally:
         await an.close()
         await sender.stop()
+
+
+class ListingFleetSource(FleetSource):
+    """A FleetSource that lists its instances (as ``PrometheusSource``) and can fail a read."""
+
+    def __init__(self, starts: dict[str, float]) -> None:
+        super().__init__(starts)
+        self.fail_read: int | None = None  # the index in ``reads`` of a read that fails
+        self.events: list[str] = []  # reads started and nodes scored, in order
+
+    async def instances(self) -> list[str]:
+        return sorted(self.starts)
+
+    async def fetch(
+        self,
+        start: float,
+        end: float,
+        step: float,
+        instances: Sequence[str] | None = None,
+    ) -> dict[str, Frame]:
+        if len(self.reads) == self.fail_read:
+            self.reads.append((start, end, step, None))
+            raise SourceError("connection refused")
+        self.events.append(f"read {len(self.reads)}")
+        await asyncio.sleep(0.01)  # an answer takes a while: the pass scores meanwhile
+        return await super().fetch(start, end, step, instances)
+
+
+async def test_a_big_fleet_is_read_in_batches_each_scored_while_the_next_is_read(
+    tmp_path: Path, clock_start: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dcwatch.detectors.service as service
+
+    t0 = clock_start
+    names = [f"n-{i}:9478" for i in range(7)]
+    src = ListingFleetSource(dict.fromkeys(names, t0 - 5 * 3600))
+    cfg = config(tmp_path)
+    sender = AlertSender(cfg.alerting)
+    an = Analyzer(cfg, src, sender)
+    await sender.start(background=False)
+    await an.start()
+    monkeypatch.setattr(service, "PASS_BATCH", 3)
+    monkeypatch.setattr(service, "YIELD_NODES", 1)
+    try:
+        train = (await src.fetch(t0 - 4 * 3600, t0, STEP, [names[0]]))[names[0]]
+        blob = NodeModel().fit(train).dumps()
+        for n in names:
+            model = NodeModel.loads(blob)
+            model.last_ts_ = t0
+            an.nodes[n] = NodeState(n, status="fitted", model=model)
+        src.fault, src.fault_from = True, t0 + STEP  # GPU 1 of every node runs hot
+        src.reads.clear()
+        src.events = []
+        score = an._score_node
+        monkeypatch.setattr(
+            an, "_score_node", lambda n, f: (src.events.append(n.instance), score(n, f))
+        )
+        for k in range(1, 4):
+            await an.score_pass(t0 + k * STEP)
+        # Three reads a pass, of three, two and two nodes, covering the fleet; every row once.
+        assert [len(r[3] or ()) for r in src.reads] == [3, 2, 2] * 3
+        # The second read is under way before the first batch's last node is scored.
+        first = sorted(src.reads[0][3] or ())
+        assert src.events.index("read 1") < max(src.events.index(n) for n in first)
+        assert set().union(*(r[3] or () for r in src.reads[:3])) == set(names)
+        assert all(an.nodes[n].scored_rows == 3 for n in names)
+        assert {r.alert.labels["instance"] for r in sender.firing()} == set(names)
+        # A batch read that fails: the pass is a source error; the nodes already scored keep
+        # their rows, the others are scored by the next pass, each row once.
+        src.reads.clear()
+        src.fail_read = 1
+        await an.score_pass(t0 + 4 * STEP)
+        assert an.source_errors == 1 and "connection refused" in an.last_source_error
+        assert sorted(an.nodes[n].scored_rows for n in names) == [3] * 4 + [4] * 3
+        src.fail_read = None
+        await an.score_pass(t0 + 5 * STEP)
+        assert all(an.nodes[n].scored_rows == 5 for n in names)
+        assert an.last_source_error == ""
+    finally:
+        await an.close()
+        await sender.stop()
