@@ -35,10 +35,6 @@ log = logging.getLogger("dcwatch.analyzer")
 ANOMALY_ALERT = "DcwatchNodeAnomaly"
 BACKFILL_POINTS = 240  # after a pause, score at most this many missed steps per node
 BACKFILL_ROWS = 50_000  # node-rows one backfill read holds at most (x 30 series: 1.5 M points)
-# Past this many nodes a pass reads the fleet in batches of about this many and scores each while
-# the next is read (``Analyzer._pipelined``).
-PASS_BATCH = 2500
-YIELD_NODES = 250  # nodes scored between two yields to the event loop in a pipelined pass
 LOG_LINES = 20  # per pass, one log line per new anomaly up to this many, then one summary
 PROBE_POINTS = 16  # grid times of the probe telling whether (and since when) a node has history
 FIT_BATCH = 200  # nodes read at once for a group's fit (bounds one read's memory)
@@ -132,7 +128,6 @@ class Analyzer:
         self._fires: list[NodeState] = []
         self._resolves: list[str] = []
         self._read_s = self._send_s = 0.0  # the pass's read and send time so far
-        self._due: list[NodeState] = []  # nodes of this pass due a fit
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -187,14 +182,9 @@ class Analyzer:
                     await self._backfill(now, points)
                     points = 2
                     await self._send()  # before the newest rows: one change per node a batch
-                names = await self._pass_batches()
-                if names is None:
-                    r0 = time.perf_counter()
-                    frames = await self.source.latest(step, points, now)
-                    self._read_s += time.perf_counter() - r0
-                else:
-                    await self._pipelined(names, *latest_range(step, points, now), now)
-                    frames = {}
+                r0 = time.perf_counter()
+                frames = await self.source.latest(step, points, now)
+                self._read_s += time.perf_counter() - r0
             except Exception as e:  # source down: keep state, report, retry next step
                 self.source_errors += 1
                 self.failing_passes += 1
@@ -209,10 +199,26 @@ class Analyzer:
                 log.info("source answers again after %d failed passes", self.failing_passes)
             self.last_source_error, self.failing_passes = "", 0
             self.last_source_success = time.time()
-            self._take(frames, now)
+            # New nodes first, so a group's first fit sees all the members that showed up
+            # together.
+            for instance in frames.keys() - self.nodes.keys():
+                self.nodes[instance] = NodeState(instance)
+                log.info(
+                    "new node %s (group %s): cold start until %gs of history",
+                    instance,
+                    self.group_of(instance),
+                    self.cfg.model.min_train,
+                )
+            due: list[NodeState] = []
+            for instance, frame in frames.items():
+                node = self.nodes[instance]
+                node.seen = self.passes
+                if node.model is not None:
+                    self._score_node(node, frame)
+                if self._fit_due(node, now):
+                    due.append(node)
             del frames
-            self._start_fits(self._due, now)
-            self._due = []
+            self._start_fits(due, now)
             self._update_staleness(now)
             self.passes += 1
             # Awaited here, so two saves never overlap (an older batch could win otherwise).
@@ -223,67 +229,6 @@ class Analyzer:
             self.pass_phases["read"] = self._read_s
             self.pass_phases["send"] = self._send_s
             self.pass_phases["score"] = self.pass_duration - self._read_s - self._send_s
-
-    def _take(self, frames: dict[str, Frame], now: float) -> None:
-        """Score a read's nodes; new nodes are added (before any scoring, so that a group's
-        first fit sees all the members that showed up together) and those due a fit noted."""
-        for instance in frames.keys() - self.nodes.keys():
-            self.nodes[instance] = NodeState(instance)
-            log.info(
-                "new node %s (group %s): cold start until %gs of history",
-                instance,
-                self.group_of(instance),
-                self.cfg.model.min_train,
-            )
-        for instance, frame in frames.items():
-            node = self.nodes[instance]
-            node.seen = self.passes
-            if node.model is not None:
-                self._score_node(node, frame)
-            if self._fit_due(node, now):
-                self._due.append(node)
-
-    async def _pass_batches(self) -> list[list[str]] | None:
-        """The instances of each read of a pipelined pass (``_pipelined``), or None for one read
-        of the whole fleet: a fleet of at most ``PASS_BATCH`` nodes, or a source that cannot
-        list its instances (the embedded store)."""
-        if len(self.nodes) <= PASS_BATCH or not hasattr(self.source, "instances"):
-            return None
-        names = sorted(await self.source.instances())
-        if len(names) <= PASS_BATCH:
-            return None
-        n = math.ceil(len(names) / PASS_BATCH)
-        return [names[i::n] for i in range(n)]  # even batches
-
-    async def _pipelined(
-        self, batches: list[list[str]], start: float, end: float, now: float
-    ) -> None:
-        """Read the fleet a batch of nodes at a time and score each batch while the next one is
-        read: Prometheus evaluates the next batch's queries on another core while this process
-        scores, instead of one waiting for the other. Scoring yields to the loop every
-        ``YIELD_NODES`` nodes so that the next batch's requests go out and come back meanwhile."""
-        step = self.cfg.model.step
-
-        def read(names: list[str]) -> asyncio.Task[dict[str, Frame]]:
-            return asyncio.create_task(fetch_some(self.source, start, end, step, names))
-
-        pending = read(batches[0])
-        try:
-            for i in range(len(batches)):
-                r0 = time.perf_counter()
-                frames = await pending
-                self._read_s += time.perf_counter() - r0
-                if i + 1 < len(batches):
-                    pending = read(batches[i + 1])
-                items = list(frames.items())
-                del frames
-                for lo in range(0, len(items), YIELD_NODES):
-                    await asyncio.sleep(0)
-                    self._take(dict(items[lo : lo + YIELD_NODES]), now)
-        finally:
-            if not pending.done():
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
 
     def _recent(self) -> list[NodeState]:
         """Nodes with a model that the last read had (all of them before the first read): those
