@@ -122,23 +122,6 @@ class PrometheusConfig:
             raise ValueError("retries >= 0, concurrency >= 1 and timeout > 0 are required")
 
 
-_PROMQL_AGG = {"sum": "sum", "max": "max", "min": "min", "mean": "avg"}
-
-
-def column_query(q: NamedQuery) -> str:
-    """The query as sent: a plain selector (or a rate of one) is aggregated by the labels its
-    columns need, ``instance`` and ``per``, with the query's own ``agg``, so Prometheus combines
-    the series of a column as the analyzer would and its answer carries two labels per series
-    instead of every target and metric label (at 10,000 nodes a GPU query's answer is 30 % smaller
-    and decodes 30 % faster with the bench's lean labels; an agent's uuid, model and PCI labels
-    weigh more). A query that aggregates already, or that the embedded source does not read
-    (``selector`` None), is sent as written."""
-    if q.selector is None or q.selector.agg is not None:
-        return q.query
-    by = "instance" if not q.per or q.per == "instance" else f"instance, {q.per}"
-    return f"{_PROMQL_AGG[q.agg]} by ({by}) ({q.query})"
-
-
 def chunks(n: int, max_points: int) -> Iterator[tuple[int, int]]:
     """``[lo, hi)`` index ranges of a grid of ``n`` points, at most ``max_points`` each."""
     for lo in range(0, n, max_points):
@@ -568,8 +551,7 @@ class PrometheusSource:
             batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
 
         async def one(qi: int, q: NamedQuery, batch: list[str] | None, lo: int, hi: int) -> str:
-            text = column_query(q)
-            query = text if batch is None else with_instances(text, batch) or text
+            query = q.query if batch is None else with_instances(q.query, batch) or q.query
             async with sem:
                 try:
                     matrix = await self._query_matrix(query, grid[lo], grid[hi - 1], step, headers)

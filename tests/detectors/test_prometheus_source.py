@@ -23,7 +23,6 @@ from dcwatch.detectors.sources.prometheus import (
     PrometheusConfig,
     PrometheusSource,
     chunks,
-    column_query,
     decode_columns,
     decode_matrix,
     gc_paused,
@@ -40,14 +39,6 @@ QUERIES = parse_queries(
 )
 
 
-def unwrapped(query: str) -> str:
-    """The query as configured: the source sends a plain selector aggregated by the labels of
-    its columns (``column_query``); the fake answers for the selector (the series it returns are
-    already one per column, or deliberately not, to test the source's own combining)."""
-    m = re.fullmatch(r"(?:sum|max|min|avg) by \(instance(?:, \w+)?\) \((.*)\)", query, re.S)
-    return m[1] if m else query
-
-
 class FakePrometheus:
     """Answers query_range from functions of time; records every request; can fail on demand."""
 
@@ -57,8 +48,6 @@ class FakePrometheus:
         self.bad_queries: set[str] = set()
 
     def series(self, query: str, times: np.ndarray) -> list[dict[str, Any]]:
-        query = unwrapped(query)
-
         def s(labels: dict[str, str], values: np.ndarray) -> dict[str, Any]:
             pts = [[t, str(v)] for t, v in zip(times.tolist(), values.tolist(), strict=True)]
             return {"metric": labels, "values": pts}
@@ -94,7 +83,7 @@ class FakePrometheus:
                 {"status": "error", "errorType": "unavailable", "error": "busy"},
                 status=self.fail_next.pop(0),
             )
-        if {q["query"], unwrapped(q["query"])} & self.bad_queries:
+        if q["query"] in self.bad_queries:
             return web.json_response(
                 {"status": "error", "errorType": "bad_data", "error": "parse error"}, status=400
             )
@@ -582,25 +571,3 @@ async def test_many_instances_go_by_post(aiohttp_server: ServerFactory) -> None:
         await src.close()
     assert sorted(frames) == nodes[:250] and sorted(few) == nodes[:2]
     assert [m for m, _ in fake.calls] == ["POST", "POST", "GET", "GET"]
-
-
-def test_plain_selectors_are_sent_aggregated_by_the_labels_of_their_columns() -> None:
-    q = parse_queries(
-        [
-            {"name": "t", "query": "dcwatch_gpu_temperature_celsius", "per": "gpu"},
-            {"name": "m", "query": "dcwatch_gpu_fan_speed_ratio", "per": "gpu", "agg": "mean"},
-            {"name": "r", "query": "rate(dcwatch_network_receive_bytes_total[2m])", "per": "nic"},
-            {"name": "p", "query": "max by (instance) (dcwatch_node_power_watts)"},
-            {"name": "n", "query": "dcwatch_node_power_watts"},
-            {"name": "x", "query": "histogram_quantile(0.9, rate(x_bucket[5m]))"},
-        ],
-        "test",
-    )
-    assert [column_query(x) for x in q] == [
-        "sum by (instance, gpu) (dcwatch_gpu_temperature_celsius)",
-        "avg by (instance, gpu) (dcwatch_gpu_fan_speed_ratio)",
-        "sum by (instance, nic) (rate(dcwatch_network_receive_bytes_total[2m]))",
-        "max by (instance) (dcwatch_node_power_watts)",  # aggregated already: as written
-        "sum by (instance) (dcwatch_node_power_watts)",
-        "histogram_quantile(0.9, rate(x_bucket[5m]))",  # not a form the source reads: as written
-    ]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dcwatch.detectors.sources.base import Source, TargetStatus
-from dcwatch.detectors.sources.prometheus import PrometheusConfig, PrometheusSource, column_query
+from dcwatch.detectors.sources.prometheus import PrometheusConfig, PrometheusSource
 from dcwatch.detectors.sources.queries import parse_queries
 from dcwatch.detectors.sources.scraper import EmbeddedConfig, EmbeddedSource, instance_of
 from tests.detectors.test_prometheus_source import QUERIES as PROM_QUERIES
@@ -85,7 +85,7 @@ async def test_prometheus_start_close_idempotent_and_views_share_the_session(
     assert len(sessions) == 1
 
     frames = await view.fetch(0, 60, 15)
-    assert fake.requests[-1]["query"] == column_query(view_queries[0])
+    assert fake.requests[-1]["query"] == view_queries[0].query
     assert frames["n1:9478"].columns == ("node_power",)
     await view.close()
     assert not sessions[0].closed  # the view's close leaves its parent's session alone
