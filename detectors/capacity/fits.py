@@ -33,6 +33,16 @@ FIT_CHUNK = 64  # series per worker call
 READ_NODE_POINTS = 500_000
 
 
+def after_failure(rule: CapacityRule, now: float) -> float:
+    """When a fit that could not read (or failed) is tried again."""
+    return now + min(rule.refit, 300.0)
+
+
+def look_again(rule: CapacityRule, now: float) -> float:
+    """When a series without enough history yet (or one whose fit failed) is tried again."""
+    return now + max(rule.step, min(rule.refit, rule.min_history / 4, 600.0))
+
+
 class RuleFits:
     """Reading and fitting for :class:`~dcwatch.detectors.capacity.planner.CapacityPlanner`,
     which gives the fit backend, the assessment of fitted series and the alert batches."""
@@ -94,16 +104,16 @@ class RuleFits:
         try:
             batches = await self._fit_batches(rs)
             if batches is None:  # the listing failed: nothing is known gone
-                rs.next_fit = now + min(rule.refit, 300.0)
+                rs.next_fit = after_failure(rule, now)
                 return
             seen: set[tuple[str, str | None]] = set()
             next_fit, fitted_n, seconds = now + rule.refit, 0, 0.0
+            need = rule.min_history / rule.step
             for batch in batches:
                 data = await self._read(rs, now - rule.history, now, batch)
                 if data is None:
                     break
                 seen.update(data)
-                need = rule.min_history / rule.step
                 due = {
                     k: d
                     for k, d in data.items()
@@ -123,12 +133,12 @@ class RuleFits:
                 rs.fit_duration = seconds
                 await self._finish_fit(rs, seen, next_fit, fitted_n, now)
                 return
-            rs.next_fit = now + min(rule.refit, 300.0)  # a read failed: the rest later
+            rs.next_fit = after_failure(rule, now)  # a read failed: the rest later
         except asyncio.CancelledError:
             raise
         except Exception as e:
             rs.errors += 1
-            rs.next_fit = now + min(rule.refit, 300.0)
+            rs.next_fit = after_failure(rule, now)
             log.exception("capacity rule %s: fit failed (%s); retry later", rule.name, e)
         finally:
             rs.fitting = False
@@ -154,8 +164,7 @@ class RuleFits:
                     gone.append(st.alert_key)
                     log.info("capacity %s on %s: series gone, alert resolved", rule.name, st.where)
             # Nothing to read yet (a fresh Prometheus, no such hardware): look again in a while.
-            retry = now + max(rule.step, min(rule.refit, rule.min_history / 4, 600.0))
-            rs.next_fit = next_fit if seen else retry
+            rs.next_fit = next_fit if seen else look_again(rule, now)
             try:
                 fire, resolve = await self._assess(rs, {}, now) if fitted else ([], [])
             except Exception:
@@ -194,7 +203,7 @@ class RuleFits:
     ) -> float:
         """Install a batch's fits; returns when its series want the next fit."""
         rule = rs.rule
-        retry = now + max(rule.step, min(rule.refit, rule.min_history / 4, 600.0))
+        retry = look_again(rule, now)
         next_fit = now + rule.refit
         for key, d in data.items():
             st = rs.series.get(key) or SeriesState(rule, key[0], key[1])

@@ -16,9 +16,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from dcwatch.detectors.models.persist import (
     State,
-    StateError,
     array,
     expect,
+    index_array,
     integer,
     number,
     params,
@@ -53,15 +53,6 @@ def _narrowest(n: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
         if n <= np.iinfo(dtype).max + 1:
             return dtype
     return np.int32
-
-
-def index_array(state: State, key: str) -> np.ndarray:
-    """A 1-d array of node or feature indices in any integer dtype (``_narrowest`` writes the
-    smallest that holds them; version 4 states wrote ``int32``)."""
-    value = state.get(key)
-    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "iu":
-        raise StateError(f"{key!r} is not a 1-d integer array")
-    return value.astype(np.int64)
 
 
 class PackedForest:

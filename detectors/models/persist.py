@@ -151,6 +151,15 @@ def array(state: State, key: str, dtype: type[np.generic], ndim: int) -> np.ndar
     return value
 
 
+def index_array(state: State, key: str) -> np.ndarray:
+    """The 1-d array ``key`` of indices in any integer dtype, as ``int64`` (a writer may pick
+    the narrowest dtype that holds them, an older one a wider)."""
+    value = _get(state, key)
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "iu":
+        raise StateError(f"{key!r} is not a 1-d integer array")
+    return value.astype(np.int64)
+
+
 def number(state: State, key: str) -> float:
     value = _get(state, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
