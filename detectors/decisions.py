@@ -26,8 +26,10 @@ import numpy as np
 from dcwatch.detectors.backtest.evaluation import runs
 
 SECONDS_PER_DAY = 86400.0
-# Fewest training scores above the tail's base ``u``: on short training the base moves down to
-# keep that many, so the tail's scale is fitted to several peaks, not to the largest score alone.
+# Fewest training values an exponential tail is fitted to (here the scores above the tail's base
+# ``u``, in ``models.residual`` each feature's top deviations): on short training the base moves
+# down to keep that many, so the tail's scale rests on several points, not on the largest alone
+# (its relative standard error is about 1 / sqrt of that).
 MIN_TAIL_POINTS = 10
 
 

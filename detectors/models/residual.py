@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from dcwatch.detectors.decisions import MIN_TAIL_POINTS  # the fewest points a tail is fitted to
 from dcwatch.detectors.models.persist import State, array, expect, integer, number, params
 
 # ``surprise`` works through this many values at a time: its dozen temporaries per value stay
@@ -29,9 +30,6 @@ from dcwatch.detectors.models.persist import State, array, expect, integer, numb
 _BLOCK_VALUES = 2**20
 # Quantile levels of the one-sided deviation at which the surprise is known exactly.
 LEVELS = np.array([0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999])
-# Fewest training points the exponential tail's scale is fitted to (its relative standard error
-# is about 1 / sqrt of that): the top ``tail_fraction`` when there are enough rows, else these.
-MIN_TAIL_POINTS = 10
 
 
 def tail_levels(n: int) -> np.ndarray:
