@@ -153,6 +153,19 @@ def ffill(values: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return out
 
 
+def _column_median(block: np.ndarray) -> np.ndarray:
+    """``np.median(block, axis=0)`` for the live scoring path: one partition, without the
+    generic reduction's per-call overhead (NaN, which that path never has, still propagate)."""
+    n = block.shape[0]
+    if not n or np.isnan(block).any():
+        return np.median(block, axis=0)
+    k = n // 2
+    if n % 2:
+        return np.partition(block, k, axis=0)[k]
+    part = np.partition(block, (k - 1, k), axis=0)
+    return (part[k - 1] + part[k]) / 2.0
+
+
 def trailing_median(x: np.ndarray, window: int, start: int) -> np.ndarray:
     """Median of the ``window`` rows before each row ``i >= start`` of ``x`` (fewer at the top).
 
@@ -160,7 +173,7 @@ def trailing_median(x: np.ndarray, window: int, start: int) -> np.ndarray:
     """
     n, d = x.shape
     if n - start == 1 and start >= window:  # the live case: one new row after a full history
-        return np.median(x[start - window : start], axis=0, keepdims=True)
+        return _column_median(x[start - window : start])[None, :]
     out = np.empty((n - start, d))
     # Rows with fewer than ``window`` rows before them (only without history): one by one.
     head = min(n, max(start, window))
@@ -227,8 +240,7 @@ class FeatureBuilder:
         self.history_len_ = max(cfg.short_window, cfg.long_window)
 
         # Feature scaling from the training residuals themselves (same code as transform).
-        empty = History(ts=np.zeros(0), values=np.zeros((0, values.shape[1])))
-        r, obs, exp = self._residuals(empty, ts, values)
+        r, obs, exp = self._residuals(0, ts, values)
         use = np.ones(len(r), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
         use[: self.warmup_rows(len(r))] = False
         self.center_, self.scale_ = robust_center_scale(r[use] if use.any() else r)
@@ -284,12 +296,13 @@ class FeatureBuilder:
         """Like ``transform`` on arrays: ``raw`` is (n, n_kept_columns) with NaN for gaps."""
         hist = history if history is not None else self.empty_history()
         start_fill = hist.values[-1] if len(hist.values) else self.fill_
-        values = ffill(np.vstack([start_fill[None, :], raw]), self.fill_)[1:]
-        r, obs, exp = self._residuals(hist, ts, values)
+        values = ffill(np.concatenate([start_fill[None, :], raw]), self.fill_)[1:]
+        all_ts = np.concatenate([hist.ts, ts])
+        x = np.concatenate([hist.values, values])
+        r, obs, exp = self._residuals(len(hist.values), all_ts, x)
         z = (r - self.center_) / self.scale_
         h = self.history_len_
-        all_ts = np.concatenate([hist.ts, ts])[-h:]
-        all_vals = np.vstack([hist.values, values])[-h:]
+        all_ts, all_vals = all_ts[-h:], x[-h:]
         return FeatureBlock(
             ts=ts,
             z=z,
@@ -303,12 +316,11 @@ class FeatureBuilder:
         return ((np.mod(ts, season) // self.bin_seconds_).astype(np.int64)) % self.n_bins_
 
     def _residuals(
-        self, hist: History, ts: np.ndarray, values: np.ndarray
+        self, k: int, all_ts: np.ndarray, x: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Residuals, observed and expected values of the rows ``x[k:]`` (``x[:k]`` is history)."""
         cfg = self.config
-        k = len(hist.values)
-        all_ts = np.concatenate([hist.ts, ts])
-        x = np.vstack([hist.values, values])
+        ts, values = all_ts[k:], x[k:]
         n = len(values)
         if n == 0:
             e = np.zeros((0, 2 * x.shape[1]))
@@ -317,6 +329,6 @@ class FeatureBuilder:
         d = x - self.profile_[self._phase(all_ts)]
         level = trailing_median(d, cfg.long_window, k)
         season_base = self.profile_[self._phase(ts)] + level
-        expected = np.hstack([short_base, season_base])
-        observed = np.hstack([values, values])
+        expected = np.concatenate([short_base, season_base], axis=1)
+        observed = np.concatenate([values, values], axis=1)
         return observed - expected, observed, expected

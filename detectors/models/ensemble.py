@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.decomposition import PCA
-from sklearn.utils.validation import check_is_fitted
 
 from dcwatch.detectors.models.isolation import IsolationForestDetector
+from dcwatch.detectors.models.numeric import finite, require_fitted
 from dcwatch.detectors.models.onset import OnsetDetector
 from dcwatch.detectors.models.persist import (
     State,
@@ -79,7 +79,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         self.onset_forget = onset_forget
 
     def fit(self, X: np.ndarray, y: object = None) -> EnsembleDetector:
-        X = np.nan_to_num(np.asarray(X, dtype=float))
+        X = finite(X)
         unknown = set(self.channels) - set(CHANNELS)
         if unknown or "residual" not in self.channels:
             raise ValueError(
@@ -146,12 +146,12 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
     def residual_scale(self, value: float) -> float:
         """A row's score on the common scale when its largest residual surprise is ``value``
         and every other channel is at its training median."""
-        check_is_fitted(self, "residual_")
+        require_fitted(self, "residual_")
         return float((value - self.center_[0]) / self.spread_[0])
 
     def initial_carry(self) -> np.ndarray:
         """The streaming state before any row (empty without the onset channel)."""
-        check_is_fitted(self, "residual_")
+        require_fitted(self, "residual_")
         return np.zeros(0) if self.onset_ is None else self.onset_.initial_carry()
 
     def stream(
@@ -159,8 +159,8 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``analyse`` for rows that follow ``carry`` (the state a previous call returned; None =
         none): channel scores, per-feature surprises and the state after these rows."""
-        check_is_fitted(self, "residual_")
-        S = self.residual_.surprises(np.nan_to_num(np.asarray(X, dtype=float)))
+        require_fitted(self, "residual_")
+        S = self.residual_.surprises(X)  # which replaces NaN and infinities
         if carry is not None and self.onset_ is not None and len(carry) != S.shape[1]:
             carry = None  # a state from another model (e.g. before a refit): start afresh
         raw, per_feature, after = self._raw_channels(S, carry)
@@ -194,7 +194,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
 
     def state(self) -> State:
         """The fitted ensemble as data (``dcwatch.detectors.models.persist``)."""
-        check_is_fitted(self, "residual_")
+        require_fitted(self, "residual_")
         return {
             "params": self.get_params(),
             "n_features_in": self.n_features_in_,

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
-from sklearn.utils.validation import check_is_fitted
 
+from dcwatch.detectors.models.numeric import finite, require_fitted
 from dcwatch.detectors.models.persist import State, params
 from dcwatch.detectors.models.residual import fit_tail, load_tail, surprise, tail_state
 
@@ -84,7 +84,7 @@ class OnsetDetector(OutlierMixin, BaseEstimator):
         X = np.asarray(X, dtype=float)
         if X.ndim != 2:
             raise ValueError(f"expected a 2-D array, got shape {X.shape}")
-        return np.clip(np.nan_to_num(X, nan=0.0, posinf=self.clip), 0.0, self.clip)
+        return np.clip(finite(X, nan=0.0, posinf=self.clip), 0.0, self.clip)
 
     def fit(self, X: np.ndarray, y: object = None) -> OnsetDetector:
         if self.drift <= 0 or self.clip <= self.drift:
@@ -106,7 +106,7 @@ class OnsetDetector(OutlierMixin, BaseEstimator):
         self, X: np.ndarray, carry: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated surprise per column (n, m) of rows following ``carry``, and the new carry."""
-        check_is_fitted(self, "grid_")
+        require_fitted(self, "grid_")
         E = self._evidence(X)
         if E.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {E.shape[1]} features, fitted on {self.n_features_in_}")

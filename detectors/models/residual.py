@@ -20,9 +20,9 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
-from sklearn.utils.validation import check_is_fitted
 
 from dcwatch.detectors.decisions import MIN_TAIL_POINTS  # the fewest points a tail is fitted to
+from dcwatch.detectors.models.numeric import finite, require_fitted
 from dcwatch.detectors.models.persist import State, array, expect, integer, number, params
 
 # ``surprise`` works through this many values at a time: its dozen temporaries per value stay
@@ -52,12 +52,12 @@ def _as_2d(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=float)
     if X.ndim != 2:
         raise ValueError(f"expected a 2-D array, got shape {X.shape}")
-    return np.nan_to_num(X, nan=0.0, posinf=1e6, neginf=-1e6)
+    return finite(X, nan=0.0, posinf=1e6, neginf=-1e6)
 
 
 def one_sided(X: np.ndarray) -> np.ndarray:
     """(n, d) signed deviations -> (n, 2d): [above, below], both >= 0."""
-    return np.hstack([np.maximum(X, 0.0), np.maximum(-X, 0.0)])
+    return np.concatenate([np.maximum(X, 0.0), np.maximum(-X, 0.0)], axis=1)
 
 
 class RobustResidualDetector(OutlierMixin, BaseEstimator):
@@ -90,7 +90,7 @@ class RobustResidualDetector(OutlierMixin, BaseEstimator):
 
     def surprises(self, X: np.ndarray) -> np.ndarray:
         """(n, 2d) surprise per feature and side: ``-log10`` training tail probability."""
-        check_is_fitted(self, "grid_")
+        require_fitted(self, "grid_")
         X = _as_2d(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, fitted on {self.n_features_in_}")
@@ -138,7 +138,7 @@ class TailCalibrated(Protocol):
 
 def tail_state(det: TailCalibrated) -> State:
     """A tail-calibrated detector's fitted state as data: the one layout both detectors share."""
-    check_is_fitted(det, "grid_")
+    require_fitted(det, "grid_")
     return {
         "params": det.get_params(),
         "n_features_in": det.n_features_in_,
