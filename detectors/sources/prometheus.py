@@ -40,19 +40,12 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import numpy as np
 
-from dcwatch.detectors.frame import (
-    ColumnKey,
-    Frame,
-    build_frames,
-    combine,
-    latest_range,
-    make_grid,
-)
+from dcwatch.detectors.frame import Frame, GridColumns, latest_range, make_grid
 from dcwatch.detectors.shard import Shard
 from dcwatch.detectors.sources.base import SourceError, TargetStatus
 from dcwatch.detectors.sources.promql import metric_names, with_instances
@@ -540,7 +533,7 @@ class PrometheusSource:
             instances = await self.instances()
         headers = self._auth()  # before the listing's await would be as good; once per fetch
         sem = asyncio.Semaphore(self.config.concurrency)
-        cols: dict[str, dict[ColumnKey, np.ndarray]] = {}
+        cols = GridColumns(grid)
         if instances is None:
             batches: list[list[str] | None] = [None]
         else:
@@ -558,7 +551,7 @@ class PrometheusSource:
                 except (QueryError, SourceError) as e:
                     return str(e)
             t0 = time.perf_counter()
-            self._place(cols, grid, lo, hi, step, qi, q, matrix, batch)
+            self._place(cols, lo, hi, step, qi, q, matrix, batch)
             self.seconds["align"] += time.perf_counter() - t0
             return ""
 
@@ -578,14 +571,13 @@ class PrometheusSource:
         if failed and len(failed) == len(self.queries):
             raise SourceError(f"{self.name}: every query failed: {next(iter(failed.values()))}")
         t0 = time.perf_counter()
-        frames = build_frames(grid, cols)
+        frames = cols.frames()
         self.seconds["align"] += time.perf_counter() - t0
         return frames
 
     def _place(
         self,
-        cols: dict[str, dict[ColumnKey, np.ndarray]],
-        grid: np.ndarray,
+        cols: GridColumns,
         lo: int,
         hi: int,
         step: float,
@@ -594,44 +586,39 @@ class PrometheusSource:
         matrix: Matrix,
         batch: list[str] | None = None,
     ) -> None:
-        """Put one chunk's series on the grid, combining series that share a column (only the
-        ``batch``'s instances, when one is given: a query the rewrite could not restrict).
-
-        All points land in one ``(series, hi - lo)`` block in one scatter; a column is a row of
-        it (a view when the chunk is the whole grid), or the ``agg`` of the rows that share it."""
+        """Put one chunk's series on the grid (only the ``batch``'s instances, when one is given:
+        a query the rewrite could not restrict): all points land in one ``(series, hi - lo)``
+        block in one scatter, and ``cols`` combines series that share a column."""
         n = len(matrix.labels)
         if not n:
             return
         width = hi - lo
         block = np.full((n, width), np.nan)
-        idx = np.rint((matrix.times - grid[lo]) / step).astype(np.int64)
+        idx = np.rint((matrix.times - cols.grid[lo]) / step).astype(np.int64)
         row = np.repeat(np.arange(n), np.diff(matrix.offsets))
         ok = (idx >= 0) & (idx < width)
         block[row[ok], idx[ok]] = matrix.values[ok]
-        groups: dict[tuple[str, str | None], list[int]] = {}
-        keep = None if batch is None else set(batch)
+        labels = matrix.labels
+        instances = [lab.get("instance") for lab in labels]
+        if None in instances:
+            self._warn_once(
+                q.name,
+                "answers series without an instance label; keep instance in by (...) to use them",
+            )
+        if None in instances or batch is not None:
+            keep = set(batch) if batch is not None else None
+            rows = [
+                i
+                for i, instance in enumerate(instances)
+                if instance is not None and (keep is None or instance in keep)
+            ]
+            if len(rows) < n:
+                block, labels = block[rows], [labels[i] for i in rows]
+                instances = [instances[i] for i in rows]
         per = q.per
-        for i, labels in enumerate(matrix.labels):
-            instance = labels.get("instance")
-            if instance is None:
-                self._warn_once(
-                    q.name,
-                    "answers series without an instance label; keep "
-                    "instance in by (...) to use them",
-                )
-                continue
-            if keep is not None and instance not in keep:
-                continue
-            groups.setdefault((instance, labels.get(per) if per else None), []).append(i)
-        whole = lo == 0 and hi == len(grid)
-        for (instance, value), rows in groups.items():
-            col = block[rows[0]] if len(rows) == 1 else combine([block[r] for r in rows], q.agg)
-            node = cols.setdefault(instance, {})
-            key = (qi, q.name, per, value)
-            if whole and key not in node:
-                node[key] = col
-            else:
-                node.setdefault(key, np.full(len(grid), np.nan))[lo:hi] = col
+        per_values = [lab.get(per) for lab in labels] if per else None
+        present = cast("list[str]", instances)  # the series without one were left out above
+        cols.add((qi, q.name, per), q.agg, lo, present, per_values, block)
 
     def _warn_once(self, name: str, msg: str) -> None:
         if (name, msg) not in self._warned:

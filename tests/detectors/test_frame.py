@@ -7,6 +7,7 @@ import pytest
 
 from dcwatch.detectors.frame import (
     Frame,
+    GridColumns,
     align,
     build_frames,
     column_name,
@@ -130,6 +131,40 @@ def test_build_frames_gives_each_node_its_own_columns() -> None:
     assert frames["n3:9478"].columns == ("b",)
     np.testing.assert_array_equal(frames["n3:9478"].column("b"), arr(9, 10))
     assert frames["n4:9478"].values.shape == (2, 0)
+
+
+def test_grid_columns_give_the_frames_build_frames_gives() -> None:
+    """Answers added in chunks of the grid, nodes with different columns, series that share a
+    column (combined by the query's agg): the same frames as the dict of dicts."""
+    rng = np.random.default_rng(3)
+    grid = np.arange(6) * 15.0
+    cols = GridColumns(grid)
+    parts: dict[str, dict[tuple[int, str, str | None, str | None], np.ndarray]] = {}
+    for lo, hi in ((0, 4), (4, 6)):  # two chunks of the grid
+        # query 1, per gpu: n2 has GPUs 10 and 2, n1 only GPU 2, and n1's GPU 2 comes twice
+        insts, gpus = ["n2", "n1", "n2", "n1"], ["10", "2", "2", "2"]
+        block = rng.normal(size=(4, hi - lo))
+        block[1, 0] = np.nan
+        cols.add((1, "a", "gpu"), "max", lo, insts, gpus, block)
+        for node, gpu, rows in (("n2", "10", [0]), ("n1", "2", [1, 3]), ("n2", "2", [2])):
+            col = combine([block[r] for r in rows], "max")
+            parts.setdefault(node, {}).setdefault((1, "a", "gpu", gpu), np.full(6, np.nan))
+            parts[node][(1, "a", "gpu", gpu)][lo:hi] = col
+        # query 0, one column a node; n3 only here
+        block = rng.normal(size=(3, hi - lo))
+        cols.add((0, "b", None), "sum", lo, ["n3", "n1", "n2"], None, block)
+        for node, r in (("n3", 0), ("n1", 1), ("n2", 2)):
+            parts.setdefault(node, {}).setdefault((0, "b", None, None), np.full(6, np.nan))
+            parts[node][(0, "b", None, None)][lo:hi] = block[r]
+    got, want = cols.frames(), build_frames(grid, parts)
+    assert list(got) == ["n2", "n1", "n3"]  # the order nodes first came in
+    assert set(got) == set(want)
+    for node, frame in want.items():
+        assert got[node].columns == frame.columns
+        np.testing.assert_array_equal(got[node].values, frame.values)
+        np.testing.assert_array_equal(got[node].times, grid)
+    assert got["n2"].columns == ("b", 'a{gpu="2"}', 'a{gpu="10"}')
+    assert cols.frames() == {}  # released
 
 
 def test_fill_gaps_forward_fills_short_gaps_and_drops_the_rest() -> None:
