@@ -12,6 +12,13 @@ distribution: 0 at the training median, 1 at the training 99th percentile):
 - ``onset``: ``OnsetDetector``, a CUSUM of each feature's surprise calibrated to a tail probability:
   many moderately unusual points in a row (a slowly rising fault) instead of one extreme one. It is
   stateful: ``stream`` takes and returns the CUSUM carried between calls.
+- ``evidence``: the evidence of all features together, in the spirit of Fisher's method
+  (``-2 sum ln p`` is chi-squared for independent features; a surprise is ``-log10 p``): the sum
+  over features of each one's surprise (the larger side, clipped) beyond 1, so only features at
+  least 10 times rarer than usual count. A fault that moves several series moderately at once,
+  none far enough for ``residual``, adds up here. Features are correlated, so it is calibrated on
+  its training distribution like every channel. Off by default: it lost on the dev families
+  (``bench/detect_lofo.py``, with the plain sum and the sum of the top 3 that were removed).
 
 The combined score is the maximum over channels; higher = more anomalous in ``channel_scores`` and
 ``anomaly_score``, lower = more abnormal in the scikit-learn style ``score_samples``.
@@ -40,7 +47,7 @@ from dcwatch.detectors.models.persist import (
 from dcwatch.detectors.models.residual import RobustResidualDetector
 
 SURPRISE_CLIP = 10.0
-CHANNELS = ("residual", "iforest", "pca", "onset")
+CHANNELS = ("residual", "iforest", "pca", "onset", "evidence")
 # A fitted PCA's arrays (transform and inverse_transform read the first three).
 _PCA_ARRAYS = (
     "components_",
@@ -52,7 +59,8 @@ _PCA_ARRAYS = (
 
 
 class EnsembleDetector(OutlierMixin, BaseEstimator):
-    """Residual tail surprise + isolation forest (+ optional PCA error), combined by the maximum."""
+    """Residual tail surprise + isolation forest (+ optional PCA error, onset CUSUM, combined
+    evidence), combined by the maximum."""
 
     def __init__(
         self,
@@ -141,6 +149,9 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             onset, after = self.onset_.stream(S, carry)
             out["onset"] = onset.max(axis=1)
             per_feature = np.maximum(surprises, onset)
+        if "evidence" in self.channels:
+            d = S.shape[1] // 2
+            out["evidence"] = combined_evidence(np.maximum(S[:, :d], S[:, d:]))
         return out, per_feature, after
 
     def residual_scale(self, value: float) -> float:
@@ -230,11 +241,19 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
             expect(part is None or part.n_features_in_ == 2 * d, "channels see both sides")
         parts = (forest, pca, onset)
         expected = ["residual"] + [
-            c for c, part in zip(CHANNELS[1:], parts, strict=True) if part is not None
+            c for c, part in zip(CHANNELS[1:4], parts, strict=True) if part is not None
         ]
+        if "evidence" in det.channels:  # nothing fitted: the channel is its scale alone
+            expected.append("evidence")
         expect(det.channel_names_ == expected, f"channels {expected}")
         expect(det.center_.shape == det.spread_.shape == (len(expected),), "scale per channel")
         return det
+
+
+def combined_evidence(F: np.ndarray) -> np.ndarray:
+    """Per row, the evidence of the (n, d) per-feature surprises ``F`` together: the sum of their
+    excess over 1 (the features at least 10 times rarer than usual)."""
+    return np.maximum(F - 1.0, 0.0).sum(axis=1)
 
 
 def _pca_state(pca: PCA) -> State:
