@@ -78,6 +78,8 @@ CANDIDATES: dict[str, ModelConfig] = {
     "threshold tail quantile 0.98": _dec(tail_quantile=0.98),
     "alerts/week 0.25": _dec(alerts_per_week=0.25),
     "PCA channel": replace(DEFAULTS, channels=("residual", "iforest", "pca")),
+    # Issue #12: many metrics moving moderately at once (surprises beyond 1 summed over features).
+    "evidence channel": replace(DEFAULTS, channels=("residual", "iforest", "evidence")),
 }
 
 # Tried for issue #12 and removed from the code (they lost on the dev families, so they would only
@@ -92,6 +94,17 @@ REMOVED = """\
   or 120 points, beside ``short`` at 10 and ``season`` at 60): mean composite F1 0.485 (20),
   0.478 (30), 0.428 (120, with 6.1 false alerts per entity-day on smd6); false alerts up on
   cmd-dev (0.53 at 20).
+- The evidence channel summing every feature's surprise (Fisher's method in ``-log10`` units,
+  calibrated like the other channels) instead of only their excess over 1: mean composite F1
+  0.457 (cmd-dev 0.280, jumpstarter-d2-dev 0.581, smd6 0.511; false alerts 0.53 / 0.29 / 0.71,
+  delay 48.7 / 7.5 / 101.2 steps); summing the 3 largest surprises: 0.460 (0.280 / 0.604 /
+  0.495; false alerts 0.53 / 0.33 / 0.69, delay 48.7 / 11.8 / 106.2). Against the defaults'
+  0.488 and the excess sum kept as a candidate (``evidence channel``, 0.462, at least as good as
+  the plain sum on every family); neither is chosen on any two families. All three lose on
+  cmd-dev, whose entities have one series (2 features): there the channel nearly repeats the
+  residual one and only raises the threshold (event recall 0.38 to 0.25); on smd6 the excess
+  sum catches no event the defaults miss (event recall 0.40, with fewer false alerts), the
+  plain sum and the top 3 no more events (0.40, 0.38).
 """
 
 Result = tuple[ev.Metrics, float]  # pooled metrics, best-threshold point F1
