@@ -157,7 +157,9 @@ class Contributor:
     """One series that drove an anomaly, with what was seen and what the model expected."""
 
     series: str
-    feature: str  # "short" (vs recent median) or "season" (vs daily profile + level)
+    # What the value was held against: "short" the recent median, "season" the daily profile plus
+    # its recent offset, "level" the training profile alone.
+    feature: str
     observed: float
     expected: float
     surprise: float  # -log10 of the training probability of a deviation this large
