@@ -80,10 +80,6 @@ CANDIDATES: dict[str, ModelConfig] = {
     "PCA channel": replace(DEFAULTS, channels=("residual", "iforest", "pca")),
     # Issue #12: many metrics moving moderately at once (surprises beyond 1 summed over features).
     "evidence channel": replace(DEFAULTS, channels=("residual", "iforest", "evidence")),
-    # Issue #12: a residual against the training profile that does not adapt to a lasting level
-    # (``FeatureConfig.kinds``). It catches no event the defaults miss on smd6 (the same 61) and
-    # its alerts outlast the events (point precision 0.72 -> 0.14 on smd6, 0.35 -> 0.15 on cmd-dev).
-    "level kind": _feat(kinds=("short", "season", "level")),
 }
 
 # Tried for issue #12 and removed from the code (they lost on the dev families, so they would only
@@ -109,11 +105,6 @@ REMOVED = """\
   residual one and only raises the threshold (event recall 0.38 to 0.25); on smd6 the excess
   sum catches no event the defaults miss (event recall 0.40, with fewer false alerts), the
   plain sum and the top 3 no more events (0.40, 0.38).
-- The ``level`` kind in place of ``season`` (``FeatureConfig.kinds=("short", "level")``): mean
-  composite F1 0.301 (cmd-dev 0.212, jumpstarter-d2-dev 0.480, smd6 0.212; false alerts 0.41 /
-  0.39 / 0.81, delay 17.9 / 10.6 / 57.0 steps) against the defaults' 0.488 and the three kinds'
-  0.306 (``level kind``, kept as a candidate): the same events caught as with all three kinds,
-  point precision as low (0.15 / 0.32 / 0.14).
 """
 
 Result = tuple[ev.Metrics, float]  # pooled metrics, best-threshold point F1

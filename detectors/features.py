@@ -14,9 +14,7 @@ lasting level shift into hours of alerts):
   profile is zero and this is a plain long-window residual.
 - ``level`` (optional): value minus its training profile at the row's phase, or minus the training
   median without two cycles. It does not adapt: a level never seen in training stays surprising
-  for as long as it lasts, where the two residuals above absorb it within their window. Off by
-  default: in the leave-one-family-out backtests (``bench/detect_lofo.py``) levels drift away
-  from training ones outside incidents too, and its alerts outlast the events they catch.
+  for as long as it lasts, where the two residuals above absorb it within their window.
 
 Each residual is centred and scaled with its training median and a robust scale, so the output is a
 matrix of robust z-scores. Series that are constant (or empty) in training are dropped, gaps are
