@@ -157,9 +157,7 @@ class Contributor:
     """One series that drove an anomaly, with what was seen and what the model expected."""
 
     series: str
-    # What the value was held against: "short" the recent median, "season" the daily profile plus
-    # its recent offset, "level" the training profile alone.
-    feature: str
+    feature: str  # "short" (vs recent median) or "season" (vs daily profile + level)
     observed: float
     expected: float
     surprise: float  # -log10 of the training probability of a deviation this large

@@ -3,18 +3,14 @@
 Input is one node's frame: index = unix seconds (or a DatetimeIndex) on a regular grid, one column
 per named series, counters already converted to rates by the caller, NaN for missing points.
 
-For each series residuals of a cheap forecast are built, one per kind in ``FeatureConfig.kinds``
-(by default ``short`` and ``season``: the backtests chose these over raw levels, which turn every
-lasting level shift into hours of alerts):
+For each series two residuals of a cheap forecast are built (the backtests chose these over raw
+levels, which turn every lasting level shift into hours of alerts):
 
 - ``short``: value minus the median of the previous ``short_window`` points (sudden changes);
 - ``season``: value minus its time-of-day profile (median per bin over the training days), minus
   the median of that difference over the previous ``long_window`` points (deviations from the usual
   daily shape that last longer than the short window). Without two full cycles of training data the
   profile is zero and this is a plain long-window residual.
-- ``level`` (optional): value minus its training profile at the row's phase, or minus the training
-  median without two cycles. It does not adapt: a level never seen in training stays surprising
-  for as long as it lasts, where the two residuals above absorb it within their window.
 
 Each residual is centred and scaled with its training median and a robust scale, so the output is a
 matrix of robust z-scores. Series that are constant (or empty) in training are dropped, gaps are
@@ -33,9 +29,7 @@ from typing import Protocol, TypeAlias
 import numpy as np
 import pandas as pd
 
-# The default kinds, those of every model saved before the kinds could be chosen.
 KINDS = ("short", "season")
-FEATURE_KINDS = ("short", "season", "level")
 _MAD_TO_SIGMA = 1.4826
 _CHUNK = 4096
 # A chunk's sliding windows are copied by ``np.median``: rows x series x window floats. Bounded in
@@ -52,8 +46,6 @@ class FeatureConfig:
     season_seconds: int = 86400
     season_bin_seconds: int = 300
     min_season_cycles: float = 2.0
-    # Residual kinds per series, in this order (any of ``FEATURE_KINDS``, each at most once).
-    kinds: tuple[str, ...] = KINDS
 
 
 @dataclass
@@ -222,9 +214,6 @@ class FeatureBuilder:
         detector, so every member needs the same features); by default, the varying ones.
         """
         cfg = self.config
-        kinds = tuple(cfg.kinds)
-        if not kinds or len(set(kinds)) < len(kinds) or not set(kinds) <= set(FEATURE_KINDS):
-            raise ValueError(f"kinds {kinds!r}: distinct ones of {FEATURE_KINDS}")
         ts, names, raw = frame_arrays(frame)
         if columns is None:
             columns = varying_columns(names, raw)
@@ -242,8 +231,7 @@ class FeatureBuilder:
         self.n_bins_ = max(1, round(cfg.season_seconds / self.bin_seconds_))
         span = (ts[-1] - ts[0] + self.step_) if ts.size else 0.0
         self.profile_ = np.zeros((self.n_bins_, values.shape[1]))
-        self.seasonal_ = bool(span >= cfg.min_season_cycles * cfg.season_seconds)
-        if values.shape[1] and self.seasonal_:
+        if values.shape[1] and span >= cfg.min_season_cycles * cfg.season_seconds:
             ph = self._phase(ts)
             keep_rows = slice(None) if exclude is None else ~np.asarray(exclude, dtype=bool)
             prof = pd.DataFrame(values[keep_rows]).groupby(ph[keep_rows]).median()
@@ -256,8 +244,8 @@ class FeatureBuilder:
         use = np.ones(len(r), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
         use[: self.warmup_rows(len(r))] = False
         self.center_, self.scale_ = robust_center_scale(r[use] if use.any() else r)
-        self.feature_names_ = [f"{c}:{k}" for k in kinds for c in self.columns_]
-        self.series_index_ = np.tile(np.arange(len(self.columns_)), len(kinds))
+        self.feature_names_ = [f"{c}:{k}" for k in KINDS for c in self.columns_]
+        self.series_index_ = np.tile(np.arange(len(self.columns_)), len(KINDS))
         h = self.history_len_
         return FeatureBlock(
             ts=ts,
@@ -330,25 +318,17 @@ class FeatureBuilder:
     def _residuals(
         self, k: int, all_ts: np.ndarray, x: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Residuals, observed and expected values of the rows ``x[k:]`` (``x[:k]`` is history),
-        one block of columns per kind."""
+        """Residuals, observed and expected values of the rows ``x[k:]`` (``x[:k]`` is history)."""
         cfg = self.config
-        values = x[k:]
-        n, kinds = len(values), cfg.kinds
+        ts, values = all_ts[k:], x[k:]
+        n = len(values)
         if n == 0:
-            e = np.zeros((0, len(kinds) * x.shape[1]))
+            e = np.zeros((0, 2 * x.shape[1]))
             return e, e, e
-        phase = self._phase(all_ts)
-        bases = []
-        for kind in kinds:  # a few kinds, each on every series at once
-            if kind == "short":
-                bases.append(trailing_median(x, cfg.short_window, k))
-            elif kind == "season":
-                recent = trailing_median(x - self.profile_[phase], cfg.long_window, k)
-                bases.append(self.profile_[phase[k:]] + recent)
-            else:  # "level": the training expectation, which never adapts
-                usual = self.profile_[phase[k:]] if self.seasonal_ else self.fill_[None, :]
-                bases.append(np.broadcast_to(usual, values.shape))
-        expected = np.concatenate(bases, axis=1)
-        observed = np.concatenate([values] * len(kinds), axis=1)
+        short_base = trailing_median(x, cfg.short_window, k)
+        d = x - self.profile_[self._phase(all_ts)]
+        level = trailing_median(d, cfg.long_window, k)
+        season_base = self.profile_[self._phase(ts)] + level
+        expected = np.concatenate([short_base, season_base], axis=1)
+        observed = np.concatenate([values, values], axis=1)
         return observed - expected, observed, expected

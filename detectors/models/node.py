@@ -32,7 +32,6 @@ from dcwatch.detectors.decisions import (
     top_contributors,
 )
 from dcwatch.detectors.features import (
-    KINDS,
     AnyFrame,
     FeatureBuilder,
     FeatureConfig,
@@ -57,11 +56,10 @@ STATE_FORMAT = "dcwatch.node-model"
 # 4 adds the onset channel's CUSUM carried between calls (``onset_carry``).
 # 5 keeps the isolation forest's trees in narrow dtypes, one float per tree node (``PackedForest``;
 # version 4 trees are converted when read).
-# 6 adds the feature kinds (``FeatureConfig.kinds``) and whether the profile is seasonal.
 # Version 2 and 3 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
-# so its carry is empty), and versions up to 5 have the default kinds (``_upgrade_v5``).
-STATE_VERSION = 6
-READ_VERSIONS = (2, 3, 4, 5, 6)
+# so its carry is empty).
+STATE_VERSION = 5
+READ_VERSIONS = (2, 3, 4, 5)
 
 
 # Rows one sample may fill: a grid step at the scrape interval repeats a sample whenever scrape
@@ -380,9 +378,7 @@ class NodeModel:
         try:
             if version == 2:
                 state = _upgrade_v2(state)
-            if version <= 3:
-                state = _upgrade_v3(state)
-            return cls.from_state(_upgrade_v5(state) if version <= 5 else state)
+            return cls.from_state(_upgrade_v3(state) if version <= 3 else state)
         except persist.StateError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
@@ -491,21 +487,6 @@ def _upgrade_v3(state: State) -> State:
     config.setdefault("onset_drift", defaults.onset_drift)
     config.setdefault("onset_forget", defaults.onset_forget)
     return {**state, "config": config}
-
-
-def _upgrade_v5(state: State) -> State:
-    """A version 5 state as version 6: its features are the default kinds, and its profile is
-    seasonal where it is not all zero (only the ``level`` kind, which it lacks, reads that)."""
-    config = dict(section(state, "config"))
-    config["features"] = {"kinds": list(KINDS)} | section(config, "features")
-    out = {**state, "config": config}
-    if persist.flag(state, "fitted"):
-        feats = dict(section(state, "features"))
-        feats["config"] = {"kinds": list(KINDS)} | section(feats, "config")
-        profile = array(feats, "profile", np.float64, 2)
-        feats.setdefault("seasonal", bool(np.any(profile != 0)))
-        out["features"] = feats
-    return out
 
 
 def score_batch(

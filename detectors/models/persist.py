@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dcwatch.detectors.features import FEATURE_KINDS, FeatureBuilder, FeatureConfig
+from dcwatch.detectors.features import FeatureBuilder, FeatureConfig
 
 State = dict[str, Any]
 C = TypeVar("C")
@@ -241,7 +241,6 @@ def features_state(fb: FeatureBuilder) -> State:
         "bin_seconds": fb.bin_seconds_,
         "n_bins": fb.n_bins_,
         "profile": fb.profile_,
-        "seasonal": fb.seasonal_,
         "history_len": fb.history_len_,
         "center": fb.center_,
         "scale": fb.scale_,
@@ -259,17 +258,12 @@ def features_from_state(state: State) -> FeatureBuilder:
     fb.bin_seconds_ = number(state, "bin_seconds")
     fb.n_bins_ = integer(state, "n_bins")
     fb.profile_ = array(state, "profile", np.float64, 2)
-    fb.seasonal_ = flag(state, "seasonal")
     fb.history_len_ = integer(state, "history_len")
     fb.center_ = array(state, "center", np.float64, 1)
     fb.scale_ = array(state, "scale", np.float64, 1)
     fb.feature_names_ = strings(state, "feature_names")
     fb.series_index_ = array(state, "series_index", np.int64, 1)
     n, d = len(fb.columns_), len(fb.feature_names_)
-    kinds = fb.config.kinds
-    known = set(kinds) <= set(FEATURE_KINDS)
-    expect(bool(kinds) and len(set(kinds)) == len(kinds) and known, "distinct known kinds")
-    expect(d == len(kinds) * n, "one feature per kind and column")
     expect(len(fb.fill_) == n, "one fill value per column")
     expect(fb.profile_.shape == (fb.n_bins_, n) and fb.n_bins_ >= 1, "profile is (bins, columns)")
     expect(fb.center_.shape == fb.scale_.shape == fb.series_index_.shape == (d,), "per feature")

@@ -129,7 +129,7 @@ def test_version_3_files_still_load_and_score_the_same(
     legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 3, state))
     assert legacy.config == model.config and legacy.onset_carry_.shape == (0,)
     assert_same_results(legacy.score(test.iloc[:250]), model.score(test.iloc[:250]))
-    assert STATE_VERSION == 6
+    assert STATE_VERSION == 5
 
 
 def test_version_4_files_with_wide_trees_still_load_and_score_the_same(
