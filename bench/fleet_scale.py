@@ -142,9 +142,10 @@ def faulty(n: int, share: float) -> bool:
 FAULT = ("dcwatch_gpu_temperature_celsius", 'gpu="0",', 8.0)  # +8 spreads (~+40 C) live
 
 
-def serve(nodes: int, port: int, share: float, history_end: float) -> None:
+def serve(nodes: int, port: int, share: float, history_end: float, fault_from: float) -> None:
     """The live exposition of the whole fleet (one target, ``honor_labels``), fresh each scrape;
-    the ``share`` of nodes that are faulty run GPU 0 hot (the alerts a pass sends)."""
+    from ``fault_from`` on, the ``share`` of nodes that are faulty run GPU 0 hot (the alerts a
+    pass sends)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     rows = [
@@ -164,7 +165,7 @@ def serve(nodes: int, port: int, share: float, history_end: float) -> None:
         for n in range(nodes)
         for m, lab, *_ in series_of(n)
     ]
-    base = base + np.where(hot, FAULT[2] * spread, 0.0)
+    fault = np.where(hot, FAULT[2] * spread, 0.0)
     phase = np.array([np.random.default_rng(r[4]).uniform(0, 6.3) for r in rows])
     counter = np.array([r[3] for r in rows])
     rng, last = np.random.default_rng(1), [time.time()]
@@ -175,6 +176,8 @@ def serve(nodes: int, port: int, share: float, history_end: float) -> None:
             now = time.time()
             cycle = 0.5 * np.sin(2 * np.pi * now / 3600 + phase)  # as in the history
             v = base + spread * (cycle + 0.3 * rng.normal(size=len(rows)))
+            if now >= fault_from:
+                v += fault
             total[:] += np.abs(v) * (now - last[0]) * counter
             last[0] = now
             v = np.where(counter, total, v)
@@ -259,8 +262,10 @@ class Stack:
         om.unlink()
         live = free_port()
         self.live_start = time.time()
+        self.fault_from = self.live_start + FAULT_AFTER
         self.live = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(nodes), str(live), str(share), str(end)]
+            [sys.executable, __file__, "--serve"]
+            + [str(x) for x in (nodes, live, share, end, self.fault_from)]
         )
         self.port = free_port()
         cfg = work / "prometheus.yml"
@@ -297,6 +302,9 @@ class Stack:
             p.wait(30)
 
 
+PRIME_ROWS = 12  # live rows each node's model has seen before the scoring run starts
+CLEAN_AFTER = 150.0  # seconds of live samples before rates (2 m windows) leave the history gap
+FAULT_AFTER = CLEAN_AFTER + (PRIME_ROWS + 4) * STEP  # faulty nodes run hot after the priming
 READ_POINTS = 2  # what a steady scoring pass reads (``Analyzer._points_needed``)
 
 
@@ -361,8 +369,11 @@ POLL = 5.0
 RSS_LIMIT = 8 * 2**30  # abort the analyzer (and say so) past this; set by --rss-limit-gib
 
 
-def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str, Any]:
-    """``dcwatch analyzer`` with default settings; its peak RSS and its passes' phases.
+def run_analyzer(
+    url: str, state: Path, seconds: float, passes: int, not_before: float = 0.0
+) -> dict[str, Any]:
+    """``dcwatch analyzer`` with default settings; its peak RSS and its passes' phases, until
+    ``passes`` passes (0: ``seconds``) and not before ``not_before``.
 
     Stopped early, with ``aborted`` set, if it and its workers pass ``RSS_LIMIT``."""
     port = free_port()
@@ -403,9 +414,11 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
-    t_end = time.time() + seconds
+    t_end = max(time.time() + seconds, not_before + 60)
     try:
-        while time.time() < t_end and (passes == 0 or len(phases) < passes):
+        while time.time() < t_end and (
+            passes == 0 or len(phases) < passes or time.time() < not_before
+        ):
             if rss_state["aborted"]:
                 break
             try:
@@ -444,16 +457,30 @@ def run_analyzer(url: str, state: Path, seconds: float, passes: int) -> dict[str
     }
 
 
-def seed_models(state: Path, frame: Any, nodes: int, scored_until: float) -> None:
-    """Every node gets a copy of one fitted model (scoring costs the same as distinct ones), as
-    if the analyzer had scored every row up to ``scored_until`` (the run then scores live rows
-    only, not the gap between history and live samples)."""
+def seed_models(state: Path, frame: Any, nodes: int, recent: dict[str, Any]) -> None:
+    """Every node gets a copy of one fitted model (scoring costs the same as distinct ones),
+    primed with the node's own ``recent`` live rows, as if the analyzer had been scoring it
+    all along: the run then scores the rows after them. (Primed with the trained node's last
+    history rows instead, the first live rows came minutes later and up to 4,000 of 10,000
+    nodes alerted on network rates, depending on where the series' one-hour cycles were.)"""
     blob = fit_model(frame, ModelConfig())
     store = ModelStore(state / "models")
-    model = NodeModel.loads(blob)
-    model.last_ts_ = scored_until
     for n in range(nodes):
+        model = NodeModel.loads(blob)
+        rows = recent.get(instance(n))
+        if rows is not None and len(rows):
+            model.history_ = model.features_.history_from(rows)
+            model.last_ts_ = float(rows.times[-1])
         store.save(instance(n), model)
+
+
+async def recent_rows(url: str, start: float, end: float) -> dict[str, Any]:
+    """The whole fleet's rows from ``start`` to ``end``."""
+    src = PrometheusSource(PrometheusConfig(url=url))
+    try:
+        return await src.fetch(start, end, STEP)
+    finally:
+        await src.close()
 
 
 def bench(
@@ -484,10 +511,17 @@ def bench(
             if fits
             else {"peak_rss": nan, "fitted": nan}
         )
-        # Score from where the rate window (2 m) no longer spans the history/live gap.
-        time.sleep(max(0.0, stack.live_start + 150 - time.time()))
-        seed_models(work / "warm", frames[0], nodes, time.time() // STEP * STEP - STEP)
-        res["warm"] = run_analyzer(stack.url, work / "warm", 60 + passes * STEP * 2, passes)
+        # The models' streaming state: a dozen live rows from where the rate window (2 m) no
+        # longer spans the gap between history and live samples (rates there ramp down and up).
+        clean = stack.live_start + CLEAN_AFTER
+        time.sleep(max(0.0, clean + PRIME_ROWS * STEP - time.time()))
+        end = min(time.time(), stack.fault_from) // STEP * STEP - STEP  # before the faults
+        recent = asyncio.run(recent_rows(stack.url, clean, end))
+        seed_models(work / "warm", frames[0], nodes, recent)
+        del recent
+        res["warm"] = run_analyzer(  # until the faults' first rows are scored
+            stack.url, work / "warm", 60 + passes * STEP * 2, passes, stack.fault_from + 3 * STEP
+        )
         res["prom_rss"] = psutil.Process(stack.prom.pid).memory_info().rss
         return res
     finally:
@@ -583,7 +617,8 @@ def main() -> None:
     ap.add_argument(
         "--no-fits", action="store_true", help="skip fit timings and the cold start (scoring only)"
     )
-    ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # nodes port share history_end
+    # nodes port share history_end fault_from
+    ap.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument(
         "--out",
         type=Path,
@@ -596,7 +631,8 @@ def main() -> None:
     global RSS_LIMIT
     RSS_LIMIT = int(args.rss_limit_gib * 2**30)
     if args.serve:
-        serve(int(args.serve[0]), int(args.serve[1]), float(args.serve[2]), float(args.serve[3]))
+        n, port, share, end, fault_from = args.serve
+        serve(int(n), int(port), float(share), float(end), float(fault_from))
         return
     results = []
     for n in args.nodes or [1000]:
