@@ -105,6 +105,15 @@ REMOVED = """\
   residual one and only raises the threshold (event recall 0.38 to 0.25); on smd6 the excess
   sum catches no event the defaults miss (event recall 0.40, with fewer false alerts), the
   plain sum and the top 3 no more events (0.40, 0.38).
+- A ``level`` residual kind that does not adapt (each series minus its training profile, or its
+  training median after short training; scaled and tail-calibrated like the others), beside
+  ``short`` and ``season``: mean composite F1 0.306 (cmd-dev 0.208, jumpstarter-d2-dev 0.500,
+  smd6 0.211; false alerts 0.50 / 0.39 / 0.80, delay 17.4 / 11.2 / 78.7 steps); in place of
+  ``season``: 0.301 (0.212 / 0.480 / 0.212). Alerts start earlier but last far beyond the
+  events, because test levels drift from training levels outside incidents too: smd6's point
+  precision falls from 0.72 to 0.14, and the same 61 smd6 events are missed. The code (a
+  ``FeatureConfig.kinds`` option, model state v6) was removed again (as an earlier trial of
+  the same idea was).
 """
 
 Result = tuple[ev.Metrics, float]  # pooled metrics, best-threshold point F1
