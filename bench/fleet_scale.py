@@ -427,14 +427,15 @@ def run_analyzer(
                 time.sleep(0.5)
                 continue
             n = metric_value(text, "dcwatch_scoring_passes_total") or 0
-            if n > seen:
+            done_s = metric_value(text, "dcwatch_scoring_pass_duration_seconds") or 0
+            if n > seen and done_s > 0:  # (a pass counts itself while it saves its scores)
                 seen = int(n)
                 phases.append(
                     {
                         p: metric_value(text, "dcwatch_scoring_pass_phase_seconds", phase=p) or 0
                         for p in ("read", "score", "send")
                     }
-                    | {"pass": metric_value(text, "dcwatch_scoring_pass_duration_seconds") or 0}
+                    | {"pass": done_s}
                 )
             fitted = metric_value(text, "dcwatch_nodes", state="fitted")
             firing = metric_value(text, "dcwatch_alerts_held", state="firing")
