@@ -387,7 +387,7 @@ def run_analyzer(
     ]
     proc = subprocess.Popen(cmd)
     ps = psutil.Process(proc.pid)
-    phases, seen = [], 0
+    phases, seen, last_done = [], 0, 0.0
     fitted = firing = None
     rss_state = {"peak": 0, "aborted": False}
     trace: list[tuple[float, int, int]] = []  # (seconds since start, RSS, passes seen)
@@ -428,8 +428,10 @@ def run_analyzer(
                 continue
             n = metric_value(text, "dcwatch_scoring_passes_total") or 0
             done_s = metric_value(text, "dcwatch_scoring_pass_duration_seconds") or 0
-            if n > seen and done_s > 0:  # (a pass counts itself while it saves its scores)
-                seen = int(n)
+            # A new pass once its duration is published (a pass counts itself while it saves
+            # its scores, and the phases shown are the last finished pass's until it ends).
+            if n > seen and done_s > 0 and done_s != last_done:
+                seen, last_done = int(n), done_s
                 phases.append(
                     {
                         p: metric_value(text, "dcwatch_scoring_pass_phase_seconds", phase=p) or 0

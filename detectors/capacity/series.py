@@ -90,12 +90,14 @@ def extract_series(rule: CapacityRule, frames: Mapping[str, Frame]) -> dict[Key,
             continue
         caps: dict[str | None, np.ndarray] = {}
         cols: dict[str | None, np.ndarray] = {}
+        # Copies: a frame's values may be a view of its whole read (``GridColumns``), which a
+        # kept column would otherwise hold in memory.
         for j, col in enumerate(frame.columns):
             name, _, value = split_column(col)
             if name == CAPACITY_QUERY:
-                caps[value] = frame.values[:, j]
+                caps[value] = frame.values[:, j].copy()
             elif name == SERIES_QUERY:
-                cols[value] = frame.values[:, j]
+                cols[value] = frame.values[:, j].copy()
         for value, v in cols.items():
             if isinstance(rule.capacity, float):
                 cap: float | None = rule.capacity
