@@ -497,8 +497,8 @@ def score_batch(
     Every step is NumPy on small arrays (the isolation forest through ``PackedForest``, never
     scikit-learn's per-call path), so a per-node loop is cheap. Measured on this project's 2-core
     machine, one core: 1,000 nodes x 30 series, one new row each
-    (``dcwatch.detectors.frame.Frame``), about 0.33 s per pass (330 us per node), against the 3.75 s
-    target; 1,000 fitted models hold about 490 MB RSS (about 325 KiB of state each). Fitting one
-    node on 1 day at 15 s takes about 0.9 s, on 7 days about 5.5 s.
+    (``dcwatch.detectors.frame.Frame``), about 0.17 s per pass (172 us per node), against the 3.75 s
+    target; a loaded model holds about 211 KiB. Fitting one node on 1 day at 15 s takes about
+    0.9 s, on 7 days about 5.5 s.
     """
     return [model.score(rows, explain) for model, rows in items]
