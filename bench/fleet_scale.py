@@ -550,9 +550,10 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         "",
         f"Read columns: the latest {READ_POINTS} rows of the fleet, in the bench process. "
         f"Faulty: the share of nodes whose GPU 0 runs hot in the live samples (the others are "
-        "normal, scored by a model trained on 6 h of node 0's normal history); firing: alerts "
-        "held at the end. Pass columns: median of passes 2 on (the first one backfills); max: "
-        "the slowest of them.",
+        "normal; every node is scored by a copy of a model trained on 6 h of node 0's normal "
+        "history, primed with the node's own first live rows, and the faulty nodes run hot after "
+        "that); firing: alerts held at the end. Pass columns: median of passes 2 on (the first "
+        "one catches up from the priming to the analyzer's start); max: the slowest of them.",
         "",
         "| nodes | faulty | firing | read (wall) | Prometheus engine | decode | cols/node "
         "| pass: read | score | send | pass | max | RSS peak scoring | RSS cold start (fits) | "
