@@ -330,15 +330,15 @@ async def read_split(url: str, nodes: int, reads: int) -> dict[str, float]:
     return {k: v / reads if k != "columns" else v for k, v in out.items()}
 
 
-async def training_frames(url: str, sample: list[str], window: float, end: float) -> list[Any]:
-    """The sample's history up to ``end`` (the backfill's end: the live samples' first minutes
-    are not trained on, their counter rates span the gap between history and live)."""
+async def read_frames(
+    url: str, start: float, end: float, instances: list[str] | None = None
+) -> dict[str, Any]:
+    """The fleet's (or ``instances``') frames from ``start`` to ``end`` through PrometheusSource."""
     src = PrometheusSource(PrometheusConfig(url=url))
     try:
-        frames = await src.fetch(end - window, end, STEP, instances=sample)
+        return await src.fetch(start, end, STEP, instances=instances)
     finally:
         await src.close()
-    return [frames[i] for i in sample]
 
 
 def fit_times(frames: list[Any]) -> dict[str, float]:
@@ -477,15 +477,6 @@ def seed_models(state: Path, frame: Any, nodes: int, recent: dict[str, Any]) -> 
         store.save(instance(n), model)
 
 
-async def recent_rows(url: str, start: float, end: float) -> dict[str, Any]:
-    """The whole fleet's rows from ``start`` to ``end``."""
-    src = PrometheusSource(PrometheusConfig(url=url))
-    try:
-        return await src.fetch(start, end, STEP)
-    finally:
-        await src.close()
-
-
 def bench(
     nodes: int,
     history: float,
@@ -506,7 +497,11 @@ def bench(
         names = [instance(n) for n in picked]
         window = max(history, fit_history)
         sampled = names if fits else names[:1]
-        frames = asyncio.run(training_frames(stack.url, sampled, window, stack.end))
+        # The sample's history up to the backfill's end: the live samples' first minutes are not
+        # trained on, their counter rates span the gap between history and live.
+        history = asyncio.run(read_frames(stack.url, stack.end - window, stack.end, sampled))
+        frames = [history[i] for i in sampled]
+        del history
         nan = float("nan")
         res["fit"] = fit_times(frames) if fits else {"one": nan, "pool": nan, "dask": nan}
         res["cold"] = (
@@ -519,7 +514,7 @@ def bench(
         clean = stack.live_start + CLEAN_AFTER
         time.sleep(max(0.0, clean + PRIME_ROWS * STEP - time.time()))
         end = min(time.time(), stack.fault_from) // STEP * STEP - STEP  # before the faults
-        recent = asyncio.run(recent_rows(stack.url, clean, end))
+        recent = asyncio.run(read_frames(stack.url, clean, end))
         seed_models(work / "warm", frames[0], nodes, recent)
         del recent
         res["warm"] = run_analyzer(  # until the faults' first rows are scored
