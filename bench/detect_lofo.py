@@ -80,6 +80,14 @@ CANDIDATES: dict[str, ModelConfig] = {
     "PCA channel": replace(DEFAULTS, channels=("residual", "iforest", "pca")),
     # Issue #12: many metrics moving moderately at once (surprises beyond 1 summed over features).
     "evidence channel": replace(DEFAULTS, channels=("residual", "iforest", "evidence")),
+    # Issue #12: alerts end at their last row above release (``decisions.alert_rows``), so a
+    # longer hold joins an incident's bursts into one alert without a tail of normal rows.
+    "hold 20": _dec(hold_points=20),
+    "release 0.8": _dec(release=0.8),
+    "hold 10, release 0.8": _dec(hold_points=10, release=0.8),
+    "hold 20, release 0.8": _dec(hold_points=20, release=0.8),
+    "hold 30, release 0.8": _dec(hold_points=30, release=0.8),
+    "hold 20, release 0.6": _dec(hold_points=20, release=0.6),
 }
 
 # Tried for issue #12 and removed from the code (they lost on the dev families, so they would only

@@ -14,7 +14,9 @@ less than ``surprise_floor``: the surprise that independent features would reach
 The alert rule then fires after ``for_points`` consecutive smoothed scores above the threshold
 (like Prometheus ``for:``) and resolves after ``hold_points`` consecutive scores below ``release``
 x threshold (like ``keep_firing_for``), so a single noisy point does not page and one incident is
-one alert.
+one alert. The hold only waits to see whether the incident goes on: once the alert resolves, it
+ends at its last row at or above the release level (``alert_rows``), so its length follows the
+score instead of carrying a fixed tail of normal rows.
 """
 
 from __future__ import annotations
@@ -150,6 +152,29 @@ def apply_rule(
                 active, below = True, 0
         out[i] = active
     return out, AlertState(active=active, above=above, below=below)
+
+
+def alert_rows(
+    scores: np.ndarray, firing: np.ndarray, was_firing: bool, config: DecisionConfig
+) -> tuple[np.ndarray, int | None]:
+    """The rows that belong to an alert, from one ``apply_rule`` call's ``firing`` flags (and
+    whether the alert was firing before the call): an alert that resolves in the call ends at
+    its last row at or above ``release``, so the hold rows after it (which only waited to see the
+    incident go on) are not part of it. Rows of an alert still firing at the end of the call stay
+    flagged: it may yet go on.
+
+    Also returns the row at which the last alert resolved in the call (None if none did); the
+    alert's last row is ``hold_points`` rows before it (possibly in an earlier call)."""
+    s = np.asarray(scores, dtype=float)
+    out = np.array(firing, dtype=bool, copy=True)
+    before = np.concatenate([[was_firing], out[:-1]]) if out.size else out
+    ends = np.flatnonzero(before & ~out)
+    for i in ends.tolist():
+        j = i - 1
+        while j >= 0 and out[j] and s[j] < config.release:
+            out[j] = False
+            j -= 1
+    return out, (int(ends[-1]) if ends.size else None)
 
 
 @dataclass(frozen=True)

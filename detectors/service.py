@@ -299,7 +299,9 @@ class Analyzer:
         if node.anomaly and not was:
             node.alert_spans.append([float(result.ts[0]), None])
         elif was and not node.anomaly and node.alert_spans:
-            node.alert_spans[-1][1] = float(result.ts[-1])
+            end = result.alert_end if result.alert_end is not None else float(result.ts[-1])
+            start = node.alert_spans[-1][0]
+            node.alert_spans[-1][1] = end if start is None else max(end, start)
         if node.anomaly:
             node.contributors = next(
                 (c for c in reversed(result.contributors) if c), node.contributors

@@ -190,8 +190,9 @@ class Timeline:
                 for c in row:
                     if c.series not in inc.series and len(inc.series) < self.max_series:
                         inc.series[c.series] = c.feature
-            if not flags[-1]:
-                inc.end = float(result.ts[-1])
+            if not flags[-1]:  # resolved: the incident ends at the alert's last row
+                end = result.alert_end if result.alert_end is not None else float(result.ts[-1])
+                inc.end = max(end, inc.start)
 
     # -- persistence -----------------------------------------------------------------------------
     def load(self) -> None:

@@ -25,6 +25,7 @@ from dcwatch.detectors.decisions import (
     Contributor,
     DecisionConfig,
     Threshold,
+    alert_rows,
     apply_rule,
     calibrate_threshold,
     smooth,
@@ -96,14 +97,18 @@ class ModelConfig:
 @dataclass
 class ScoreResult:
     """Per scored row: ``score`` (smoothed, divided by the threshold: >= 1 is above it, higher is
-    more anomalous), ``raw`` (unsmoothed ensemble score), ``is_anomaly`` (the alert state after the
-    row) and ``contributors`` (top series for rows in alert, else an empty list)."""
+    more anomalous), ``raw`` (unsmoothed ensemble score), ``is_anomaly`` (the row belongs to an
+    alert: ``decisions.alert_rows``; the last row's flag is the alert state after the call) and
+    ``contributors`` (top series for rows in alert, else an empty list). ``alert_end``: when an
+    alert resolved in the call, the time of its last row (at or above the release level; it may
+    lie before ``ts[0]``), else None."""
 
     ts: np.ndarray
     score: np.ndarray
     raw: np.ndarray
     is_anomaly: np.ndarray
     contributors: list[list[Contributor]]
+    alert_end: float | None = None
 
 
 class NotFittedError(RuntimeError):
@@ -349,7 +354,12 @@ class NodeModel:
         dcfg = self.config.decisions
         smoothed, self.score_tail_ = smooth(self.score_tail_, raw, dcfg.smooth_points)
         score = smoothed / self.threshold_.value
-        flags, self.alert_ = apply_rule(score, self.alert_, dcfg)
+        was_firing = self.alert_.active
+        firing, self.alert_ = apply_rule(score, self.alert_, dcfg)
+        flags, resolved = alert_rows(score, firing, was_firing, dcfg)
+        alert_end = None
+        if resolved is not None:  # the resolved alert's last row at or above the release level
+            alert_end = float(ts[resolved] - max(1, dcfg.hold_points) * self.features_.step_)
         self.history_ = block.history
         if len(ts):
             self.last_ts_ = float(ts[-1])
@@ -362,7 +372,14 @@ class NodeModel:
                 contributors[i] = top_contributors(
                     per_feature[i], block.observed[i], block.expected[i], names, dcfg.top_k
                 )
-        return ScoreResult(ts=ts, score=score, raw=raw, is_anomaly=flags, contributors=contributors)
+        return ScoreResult(
+            ts=ts,
+            score=score,
+            raw=raw,
+            is_anomaly=flags,
+            contributors=contributors,
+            alert_end=alert_end,
+        )
 
     # -- persistence -----------------------------------------------------------------------------
     def dumps(self) -> bytes:

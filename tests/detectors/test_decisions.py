@@ -12,6 +12,7 @@ from dcwatch.detectors.backtest.evaluation import runs
 from dcwatch.detectors.decisions import (
     AlertState,
     DecisionConfig,
+    alert_rows,
     apply_rule,
     calibrate_threshold,
     smooth,
@@ -71,6 +72,25 @@ def test_rule_persistence_and_hold() -> None:
         f, st = apply_rule(s[i : i + 4], st, cfg)
         parts.append(f)
     np.testing.assert_array_equal(np.concatenate(parts), flags)
+
+
+def test_alert_rows_end_at_the_last_row_above_release() -> None:
+    cfg = DecisionConfig(for_points=1, hold_points=3, release=0.5)
+    s = np.array([0, 2, 0.6, 0.2, 2, 0.4, 0.1, 0.3, 0, 2, 0.1], dtype=float)
+    firing, state = apply_rule(s, AlertState(), cfg)
+    assert firing.astype(int).tolist() == [0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
+    rows, resolved = alert_rows(s, firing, False, cfg)
+    # The gap of one row below release stays inside the alert, the row at 0.6 (above release,
+    # below the threshold) too; the two hold rows after the last row above release do not.
+    assert rows.astype(int).tolist() == [0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1]
+    assert resolved == 7 and resolved - cfg.hold_points == 4  # row 4: the alert's last row
+    assert state.active  # the second alert still fires: its rows stay flagged
+    # An alert resolving in a later call: that call's rows of the hold are dropped, not the
+    # earlier call's (already reported while the alert fired).
+    rows, resolved = alert_rows(s[6:], firing[6:], bool(firing[5]), cfg)
+    assert rows.astype(int).tolist() == [0, 0, 0, 1, 1] and resolved == 1
+    rows, resolved = alert_rows(np.zeros(0), np.zeros(0, dtype=bool), True, cfg)
+    assert rows.size == 0 and resolved is None
 
 
 def test_top_contributors_one_per_series() -> None:
@@ -144,15 +164,27 @@ def test_node_model_streaming_equals_batch_and_survives_restart(fitted) -> None:
     model, _, test = fitted
     whole = copy.deepcopy(model).score(test.iloc[:700])
     live = copy.deepcopy(model)
-    scores, flags = [], []
+    scores, flags, ends = [], [], []
     for i in range(700):
         if i == 350:  # restart: persist and reload the state
             live = NodeModel.loads(live.dumps())
         r = live.score(test.iloc[i : i + 1])
         scores.append(r.score[0])
         flags.append(r.is_anomaly[0])
+        if r.alert_end is not None:
+            ends.append((i, r.alert_end))
     np.testing.assert_allclose(scores, whole.score, rtol=1e-9)
-    np.testing.assert_array_equal(flags, whole.is_anomaly)
+    # One row at a time, a row is flagged while the alert fires (its hold rows too: whether the
+    # incident goes on is not known yet); the alert's end, once it resolves, says where it ended,
+    # and the whole block's rows are the same alerts without those hold rows.
+    assert ends, "the test data resolves an alert"
+    trimmed = np.array(flags)
+    ts = np.asarray(test.index[:700], dtype=float)
+    for i, end in ends:
+        assert trimmed[ts <= end][-1] and whole.score[ts == end][0] >= 1.0
+        trimmed[(ts > end) & (np.arange(700) < i)] = False
+    assert trimmed.sum() < np.sum(flags)
+    np.testing.assert_array_equal(trimmed, whole.is_anomaly)
 
 
 def test_score_batch_and_frame_input(fitted) -> None:
