@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             + detect_lofo.lofo_table(results)
             + "\n\nEvery candidate on every family (dev numbers):\n\n"
             + detect_lofo.grid_table(results)
+            + "\n\nAdopted in earlier rounds (dev numbers):\n\n"
+            + detect_lofo.ADOPTED
             + "\n\nTried and removed (dev numbers):\n\n"
             + detect_lofo.REMOVED
         )

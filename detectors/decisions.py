@@ -40,8 +40,11 @@ class DecisionConfig:
     smooth_points: int = 3
     alerts_per_week: float = 0.35
     for_points: int = 1
-    hold_points: int = 5
-    release: float = 1.0
+    # Chosen by leave-one-family-out validation (``bench/detect_lofo.py``): an alert stays open
+    # through 20 rows below ``release`` x threshold, so one incident's bursts are one alert; it
+    # then ends at its last row at or above that level (``alert_rows``), not 20 rows later.
+    hold_points: int = 20
+    release: float = 0.8
     tail_quantile: float = 0.99
     top_k: int = 3
 

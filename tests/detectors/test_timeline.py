@@ -101,6 +101,21 @@ def test_open_alert_keeps_its_start_across_a_restart(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_resolved_incident_ends_at_the_alerts_last_row(tmp_path: Path) -> None:
+    """The hold rows after an alert's last row above release are not part of the incident."""
+    tl = Timeline(tmp_path)
+    rows = [T0 + i * STEP for i in range(6)]
+    tl.record("a:9478", result(rows[:3], [3.0, 3.0, 0.2], [True, True, True]))
+    tl.record("a:9478", result(rows[3:5], [0.2, 0.2], [True, True]))
+    done = result(rows[5:], [0.2], [False])
+    done.alert_end = rows[1]  # resolved by the hold: the alert's last row was rows[1]
+    tl.record("a:9478", done)
+    node = tl.get("a:9478")
+    assert node is not None and node.incident is not None
+    assert (node.incident.start, node.incident.end) == (rows[0], rows[1])
+    tl.close()
+
+
 def test_the_file_keeps_the_window_only(tmp_path: Path) -> None:
     tl = Timeline(tmp_path, window=600.0, max_points=10)  # 60 s buckets
     run_passes(tl, ["a:9478", "b:9478"], T0, T0 + 1800)
