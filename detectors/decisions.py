@@ -171,10 +171,16 @@ def alert_rows(
 
     Also returns the row at which the last alert resolved in the call (None if none did); the
     alert's last row is ``hold_points`` rows before it (possibly in an earlier call)."""
+    flags = np.asarray(firing, dtype=bool)
+    if not flags.size or not (was_firing or flags.any()):  # the usual live call: nothing fires
+        return flags, None
+    before = np.empty_like(flags)
+    before[0], before[1:] = was_firing, flags[:-1]
+    ends = np.flatnonzero(before & ~flags)
+    if not ends.size:
+        return flags, None
     s = np.asarray(scores, dtype=float)
-    out = np.array(firing, dtype=bool, copy=True)
-    before = np.concatenate([[was_firing], out[:-1]]) if out.size else out
-    ends = np.flatnonzero(before & ~out)
+    out = flags.copy()
     for i in ends.tolist():
         j = i - 1
         while j >= 0 and out[j] and s[j] < config.release:
