@@ -21,7 +21,7 @@ from dcwatch.detectors.config import load_analyzer_config
 from dcwatch.detectors.frame import Frame
 from dcwatch.detectors.main import main as analyzer_main
 from dcwatch.detectors.models.fitting import FitBackend
-from dcwatch.detectors.models.node import NodeModel
+from dcwatch.detectors.models.node import ModelConfig, NodeModel
 from dcwatch.detectors.service import BACKFILL_POINTS, Analyzer, NodeState
 from dcwatch.detectors.sources.base import SourceError, TargetStatus
 from dcwatch.detectors.sources.queries import NamedQuery
@@ -170,6 +170,13 @@ async def test_cold_start_fit_alert_resolve_restart(
     assert not node.anomaly
     last = json.loads((tmp_path / "state/alerts.jsonl").read_text().splitlines()[-1])
     assert last["status"] == "resolved"
+    # The alert interval (which the next refit leaves out) ends at its last anomalous row, not
+    # at the row that resolved it after the hold.
+    start, stop = node.alert_spans[-1]
+    hold = ModelConfig().decisions.hold_points
+    assert start is not None and stop is not None
+    assert src.fault_from <= start and src.fault_from + 12 * STEP <= stop  # the whole fault
+    assert stop <= src.fault_from + (40 - hold) * STEP  # resolved by row 40, after the hold
 
     # On-demand refit.
     r = await client.post("/api/refit?instance=node-1:9478")
