@@ -153,8 +153,8 @@ REMOVED = """\
   the same ``run_entity``): mean composite F1 0.502 (cmd-dev 0.361, jumpstarter-d2-dev 0.657,
   smd6 0.487; false alerts 0.29 / 0.36 / 0.68, delay 39 / 9 / 83 steps) and 0.504 with 10
   points (0.343 / 0.678 / 0.493; false alerts 0.31 / 0.38 / 0.76, delay 40 / 9 / 66) against
-  0.548. smd6 events are found sooner and a few more of them (event recall 0.42 to 0.43), but
-  its point precision falls from 0.72 to 0.58-0.61, as with every non-adapting residual tried.
+  0.548. smd6 events are found sooner (delay 97 to 83 and 66 steps), event recall about the same
+  (0.41 and 0.43 against 0.42), but point precision falls from 0.72 to 0.61 and 0.58.
 """
 
 Result = tuple[ev.Metrics, float]  # pooled metrics, best-threshold point F1
