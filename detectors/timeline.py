@@ -79,6 +79,21 @@ class NodeTimeline:
         self.last_bucket = b
         self.ts[self.head], self.score[self.head], self.alert[self.head] = t, score, alerting
 
+    def end_alert(self, end: float) -> None:
+        """An alert resolved with its last row at ``end``: the buckets after ``end``'s, which
+        were flagged while the alert waited out its hold, are not part of it."""
+        last = int(end // self.bucket)
+        i = self.head
+        for _ in range(len(self.ts) if self.head >= 0 else 0):
+            t = float(self.ts[i])
+            b = int(t // self.bucket) if np.isfinite(t) else -1
+            if b <= last:
+                break
+            if self.alert[i]:
+                self.alert[i] = False
+                self.dirty_from = b if self.dirty_from is None else min(self.dirty_from, b)
+            i = (i - 1) % len(self.ts)
+
     def fill(self, ts: np.ndarray, score: np.ndarray, alert: np.ndarray) -> None:
         """Start from saved buckets (oldest first; beyond the ring's size the newest)."""
         m = len(self.ts)
@@ -191,7 +206,10 @@ class Timeline:
                     if c.series not in inc.series and len(inc.series) < self.max_series:
                         inc.series[c.series] = c.feature
             if not flags[-1]:  # resolved: the incident ends at the alert's last row
-                end = result.alert_end if result.alert_end is not None else float(result.ts[-1])
+                end = float(result.ts[-1])
+                if result.alert_end is not None:
+                    end = result.alert_end
+                    node.end_alert(end)
                 inc.end = max(end, inc.start)
 
     # -- persistence -----------------------------------------------------------------------------

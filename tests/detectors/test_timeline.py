@@ -103,7 +103,7 @@ def test_open_alert_keeps_its_start_across_a_restart(tmp_path: Path) -> None:
 
 def test_a_resolved_incident_ends_at_the_alerts_last_row(tmp_path: Path) -> None:
     """The hold rows after an alert's last row above release are not part of the incident."""
-    tl = Timeline(tmp_path)
+    tl = Timeline(tmp_path, window=1500 * STEP)  # one row per bucket
     rows = [T0 + i * STEP for i in range(6)]
     tl.record("a:9478", result(rows[:3], [3.0, 3.0, 0.2], [True, True, True]))
     tl.record("a:9478", result(rows[3:5], [0.2, 0.2], [True, True]))
@@ -113,7 +113,15 @@ def test_a_resolved_incident_ends_at_the_alerts_last_row(tmp_path: Path) -> None
     node = tl.get("a:9478")
     assert node is not None and node.incident is not None
     assert (node.incident.start, node.incident.end) == (rows[0], rows[1])
+    # The plot's alert interval agrees, and so does the saved file (read back after a restart).
+    assert node.alert_spans(0) == [(rows[0], rows[2])]  # (start, first row not alerting)
+    tl.save(tl.unsaved())
     tl.close()
+    again = Timeline(tmp_path, window=1500 * STEP)
+    again.load()
+    back = again.get("a:9478")
+    assert back is not None and back.alert_spans(0) == [(rows[0], rows[2])]
+    again.close()
 
 
 def test_the_file_keeps_the_window_only(tmp_path: Path) -> None:
