@@ -8,7 +8,9 @@ The model is the live service's ``NodeModel`` (features -> ensemble -> decisions
 defaults: fitted on the training file, then fed the whole test file as the next rows. A ``label``
 column in the test file is only read after scoring, to print precision/recall/F1 (point-wise,
 point-adjusted, event-wise), composite F1, false alerts per entity-day and the detection delay
-(mean over the events caught, steps and seconds, and the events missed).
+(mean over the events caught, steps and seconds, and the events missed), and to write every
+labelled event with its own delay next to the output (``event_rows``): ``OUT.events.csv``, or
+``OUTDIR/events.csv`` with ``--dataset``.
 """
 
 from __future__ import annotations
@@ -114,6 +116,43 @@ def score_with_refits(
     return np.concatenate(scores), np.concatenate(flags)
 
 
+EVENT_COLUMNS = (
+    "entity",
+    "start",
+    "end",
+    "points",
+    "first_alert",
+    "delay_steps",
+    "delay_seconds",
+)
+
+
+def event_rows(res: EntityResult) -> pd.DataFrame:
+    """One row per labelled event of ``res``: its start and last point (unix seconds), length,
+    the first alerted point inside it and the delay in steps and seconds (empty when missed)."""
+    if res.labels is None:
+        return pd.DataFrame(columns=list(EVENT_COLUMNS))
+    ts = res.output[TIMESTAMP].to_numpy()
+    rows = []
+    for e in ev.events(res.labels, res.output["is_anomaly"].to_numpy()):
+        first = e.first_flag
+        rows.append(
+            (
+                res.name,
+                int(ts[e.start]),
+                int(ts[e.stop - 1]),
+                e.stop - e.start,
+                None if first is None else int(ts[first]),
+                e.delay_steps,
+                None if first is None else int(ts[first] - ts[e.start]),
+            )
+        )
+    out = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
+    for c in ("first_alert", "delay_steps", "delay_seconds"):
+        out[c] = out[c].astype("Int64")  # empty (not NaN or 0) for a missed event
+    return out
+
+
 def write_output(out: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -210,8 +249,12 @@ def main(argv: Sequence[str]) -> int:
             return 2
         train, _ = read_frame(args.train)
         test, labels = read_frame(args.test)
-        res = run_entity(args.test.stem, train, test, labels, cfg, args.refit_every)
+        name = args.test.name
+        name = name[: -len(TEST_SUFFIX)] if name.endswith(TEST_SUFFIX) else args.test.stem
+        res = run_entity(name, train, test, labels, cfg, args.refit_every)
         write_output(res.output, args.output)
+        if res.labels is not None:
+            write_output(event_rows(res), args.output.with_suffix(".events.csv"))
         if res.counts is not None:
             y = res.labels if res.labels is not None else np.zeros(0, bool)
             best = ev.best_point_f1(y, res.output["score"].to_numpy())[0]
@@ -240,6 +283,9 @@ def main(argv: Sequence[str]) -> int:
             tqdm.write(
                 f"{name}: {format_metrics(ev.metrics_from_counts(res.counts))}", file=sys.stdout
             )
+    labelled = [event_rows(r) for r in results if r.labels is not None]
+    if labelled:
+        write_output(pd.concat(labelled, ignore_index=True), args.output / "events.csv")
     summary = summarise(results)
     if summary is not None:
         m, best = summary

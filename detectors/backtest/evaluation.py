@@ -91,6 +91,30 @@ def event_delays(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Event:
+    """One labelled event and how the predictions met it (indices into the entity's rows)."""
+
+    start: int  # first labelled point
+    stop: int  # one past the last
+    first_flag: int | None  # first flagged point inside the event (None: missed)
+
+    @property
+    def delay_steps(self) -> int | None:
+        return None if self.first_flag is None else self.first_flag - self.start
+
+
+def events(labels: np.ndarray, pred: np.ndarray) -> list[Event]:
+    """The labelled events in order, each with its first flagged point (``event_delays`` as
+    rows)."""
+    y = np.asarray(labels, dtype=bool)
+    delays = event_delays(y, pred)
+    return [
+        Event(int(a), int(b), int(a + d) if d >= 0 else None)
+        for (a, b), d in zip(runs(y).tolist(), delays.tolist(), strict=True)
+    ]
+
+
 def counts(
     labels: np.ndarray,
     pred: np.ndarray,

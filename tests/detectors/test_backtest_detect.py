@@ -12,7 +12,7 @@ import pytest
 
 from dcwatch.cli import main as dcwatch
 from dcwatch.detectors.backtest import evaluation as ev
-from dcwatch.detectors.backtest.detect import dataset_entities
+from dcwatch.detectors.backtest.detect import EntityResult, dataset_entities, event_rows
 from tests.conftest import SHARED_DATASETS
 
 STEP = 60
@@ -76,6 +76,40 @@ def test_single_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert float(shown[1]) == pytest.approx(caught.mean(), abs=0.05)
     assert int(shown[2]) == pytest.approx(caught.mean() * step, abs=1)
     assert int(shown[3]) == (delays < 0).sum()
+    # Every event with its own delay, beside the output.
+    events = pd.read_csv(tmp_path / "out.events.csv")
+    ts = src["timestamp"].to_numpy()
+    first = int(np.flatnonzero(fault)[0])
+    assert events.to_dict("records") == [
+        {
+            "entity": "node1",
+            "start": ts[first],
+            "end": ts[first + 29],
+            "points": 30,
+            "first_alert": ts[first + delays[0]],
+            "delay_steps": delays[0],
+            "delay_seconds": delays[0] * STEP,
+        }
+    ]
+
+
+def test_event_rows_leave_a_missed_event_empty() -> None:
+    ts = 1_704_067_200 + STEP * np.arange(10)
+    labels = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 0], dtype=bool)
+    flags = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 0], dtype=np.int8)
+    out = pd.DataFrame({"timestamp": ts, "score": flags * 2.0, "is_anomaly": flags})
+    res = EntityResult(name="n", output=out, labels=labels, days=1.0, counts=None)
+    rows = event_rows(res)
+    assert rows["points"].tolist() == [2, 3]
+    assert rows["start"].tolist() == [ts[1], ts[5]] and rows["end"].tolist() == [ts[2], ts[7]]
+    missed, caught = rows.iloc[0], rows.iloc[1]
+    assert pd.isna(missed["first_alert"]) and pd.isna(missed["delay_steps"])
+    assert pd.isna(missed["delay_seconds"])
+    assert (caught["first_alert"], caught["delay_steps"], caught["delay_seconds"]) == (
+        ts[6],
+        1,
+        STEP,
+    )
 
 
 def test_labels_are_never_used(tmp_path: Path) -> None:
@@ -118,8 +152,11 @@ def test_dataset_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert [e[0] for e in dataset_entities(data)] == ["a", "b"]
     out = tmp_path / "out"
     assert dcwatch(["backtest", "detect", "--dataset", str(data), "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv", "events.csv"]
     assert "pooled over 2 entities" in capsys.readouterr().out
+    events = pd.read_csv(out / "events.csv")
+    assert events["entity"].tolist() == ["a"]  # b has no labelled event
+    assert events["points"].tolist() == [30] and events["delay_steps"].notna().all()
 
 
 def test_usage_errors(tmp_path: Path) -> None:
