@@ -186,7 +186,7 @@ def alert_rows(
         while j >= 0 and out[j] and s[j] < config.release:
             out[j] = False
             j -= 1
-    return out, (int(ends[-1]) if ends.size else None)
+    return out, int(ends[-1])
 
 
 @dataclass(frozen=True)
