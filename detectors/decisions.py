@@ -7,9 +7,10 @@ than ``hold_points``), and an exponential tail is fitted to the run peaks above 
 ``alerts_per_week`` runs per week: it extrapolates beyond the largest training score when the
 training window is shorter than the wanted interval between alerts, instead of clamping to the
 training maximum. On a short window (a minute at 1 s) that extrapolation rests on a few peaks, so
-the tail's base keeps at least ``MIN_TAIL_POINTS`` scores above it, and the threshold never asks
-less than ``surprise_floor``: the surprise that independent features would reach by chance
-``alerts_per_week`` times a week.
+the tail's base keeps at least ``MIN_TAIL_POINTS`` scores above it, the tail is fitted to every
+excursion's peak when the hold leaves fewer than ``MIN_TAIL_PEAKS`` alerts to fit it to, and the
+threshold never asks less than ``surprise_floor``: the surprise that independent features would
+reach by chance ``alerts_per_week`` times a week.
 
 The alert rule then fires after ``for_points`` consecutive smoothed scores above the threshold
 (like Prometheus ``for:``) and resolves after ``hold_points`` consecutive scores below ``release``
@@ -33,6 +34,9 @@ SECONDS_PER_DAY = 86400.0
 # down to keep that many, so the tail's scale rests on several points, not on the largest alone
 # (its relative standard error is about 1 / sqrt of that).
 MIN_TAIL_POINTS = 10
+# Fewest alert peaks the tail's scale rests on before the calibration falls back to every
+# excursion's peak (``calibrate_threshold``).
+MIN_TAIL_PEAKS = 5
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,11 @@ def calibrate_threshold(
         spread = float(u - np.median(s))
         t = max(u + max(spread, 1.0), floor)
         return Threshold(value=t, base=u, tail_scale=0.0, runs_per_day=0.0)
-    peaks = np.array([s[a:b].max() for a, b in cl])
+    # The tail is fitted to the peaks of the alerts the rule would raise; when the hold joins the
+    # excursions of a short window into fewer than MIN_TAIL_PEAKS of them, to each excursion's
+    # peak instead (the largest of a few long clusters alone would set the tail's scale).
+    fit = cl if len(cl) >= MIN_TAIL_PEAKS else _clusters(s > u, 0)
+    peaks = np.array([s[a:b].max() for a, b in fit])
     beta = float(np.mean(peaks - u))
     if beta <= 0:
         beta = max(float(u - np.median(s)), 1.0)
