@@ -299,7 +299,7 @@ class Analyzer:
         if node.anomaly and not was:
             node.alert_spans.append([float(result.ts[0]), None])
         elif was and not node.anomaly and node.alert_spans:
-            end = result.alert_end if result.alert_end is not None else float(result.ts[-1])
+            end = result.ended_at()
             start = node.alert_spans[-1][0]
             node.alert_spans[-1][1] = end if start is None else max(end, start)
         if node.anomaly:

@@ -206,9 +206,8 @@ class Timeline:
                     if c.series not in inc.series and len(inc.series) < self.max_series:
                         inc.series[c.series] = c.feature
             if not flags[-1]:  # resolved: the incident ends at the alert's last row
-                end = float(result.ts[-1])
+                end = result.ended_at()
                 if result.alert_end is not None:
-                    end = result.alert_end
                     node.end_alert(end)
                 inc.end = max(end, inc.start)
 

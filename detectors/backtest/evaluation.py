@@ -81,14 +81,8 @@ class Counts:
 
 def event_delays(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Per labelled event, steps from its start to its first flagged point; -1 where missed."""
-    y = np.asarray(labels, dtype=bool)
-    p = np.asarray(pred, dtype=bool)
-    out = np.full(len(runs(y)), -1, dtype=np.int64)
-    for i, (a, b) in enumerate(runs(y)):
-        hit = np.flatnonzero(p[a:b])
-        if hit.size:
-            out[i] = int(hit[0])
-    return out
+    found = events(labels, pred)
+    return np.array([-1 if e.delay_steps is None else e.delay_steps for e in found], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -105,14 +99,13 @@ class Event:
 
 
 def events(labels: np.ndarray, pred: np.ndarray) -> list[Event]:
-    """The labelled events in order, each with its first flagged point (``event_delays`` as
-    rows)."""
-    y = np.asarray(labels, dtype=bool)
-    delays = event_delays(y, pred)
-    return [
-        Event(int(a), int(b), int(a + d) if d >= 0 else None)
-        for (a, b), d in zip(runs(y).tolist(), delays.tolist(), strict=True)
-    ]
+    """The labelled events in order, each with its first flagged point."""
+    p = np.asarray(pred, dtype=bool)
+    out = []
+    for a, b in runs(np.asarray(labels, dtype=bool)).tolist():
+        hit = np.flatnonzero(p[a:b])
+        out.append(Event(a, b, a + int(hit[0]) if hit.size else None))
+    return out
 
 
 def counts(

@@ -110,6 +110,11 @@ class ScoreResult:
     contributors: list[list[Contributor]]
     alert_end: float | None = None
 
+    def ended_at(self) -> float:
+        """When the alert that stopped in this call ended: ``alert_end``, or the last row when
+        the call does not say (an alert closed without resolving, e.g. after a restart)."""
+        return self.alert_end if self.alert_end is not None else float(self.ts[-1])
+
 
 class NotFittedError(RuntimeError):
     pass
