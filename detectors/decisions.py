@@ -7,9 +7,9 @@ than ``hold_points``), and an exponential tail is fitted to the run peaks above 
 ``alerts_per_week`` runs per week: it extrapolates beyond the largest training score when the
 training window is shorter than the wanted interval between alerts, instead of clamping to the
 training maximum. On a short window (a minute at 1 s) that extrapolation rests on a few peaks, so
-the tail's base keeps at least ``MIN_TAIL_POINTS`` scores above it, the tail is fitted to every
-excursion's peak when the hold leaves fewer than ``MIN_TAIL_PEAKS`` alerts to fit it to, and the
-threshold never asks less than ``surprise_floor``: the surprise that independent features would
+the tail's base keeps at least ``MIN_TAIL_POINTS`` scores above it, excursions are joined across
+``SHORT_WINDOW_HOLD`` rows only when the hold leaves fewer than ``MIN_TAIL_PEAKS`` alerts, and
+the threshold never asks less than ``surprise_floor``: the surprise that independent features would
 reach by chance ``alerts_per_week`` times a week.
 
 The alert rule then fires after ``for_points`` consecutive smoothed scores above the threshold
@@ -37,6 +37,9 @@ MIN_TAIL_POINTS = 10
 # Fewest alert peaks the tail's scale rests on before the calibration falls back to every
 # excursion's peak (``calibrate_threshold``).
 MIN_TAIL_PEAKS = 5
+# ... and the gap that joins excursions into alerts then: the hold short windows (the first hour
+# of a node) were calibrated with before the 20-row default, so their thresholds stay as tested.
+SHORT_WINDOW_HOLD = 5
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,13 @@ def calibrate_threshold(
         spread = float(u - np.median(s))
         t = max(u + max(spread, 1.0), floor)
         return Threshold(value=t, base=u, tail_scale=0.0, runs_per_day=0.0)
-    # The tail is fitted to the peaks of the alerts the rule would raise; when the hold joins the
-    # excursions of a short window into fewer than MIN_TAIL_PEAKS of them, to each excursion's
-    # peak instead (the largest of a few long clusters alone would set the tail's scale).
-    fit = cl if len(cl) >= MIN_TAIL_PEAKS else _clusters(s > u, 0)
-    peaks = np.array([s[a:b].max() for a, b in fit])
+    # Alerts are counted and the tail fitted to their peaks as the rule would raise them; when the
+    # hold joins the excursions of a short window into fewer than MIN_TAIL_PEAKS alerts, they are
+    # joined across SHORT_WINDOW_HOLD rows only (the largest of a few long clusters alone would
+    # set the tail's scale, and a rate from one or two clusters says little).
+    if len(cl) < MIN_TAIL_PEAKS:
+        cl = _clusters(s > u, min(config.hold_points, SHORT_WINDOW_HOLD))
+    peaks = np.array([s[a:b].max() for a, b in cl])
     beta = float(np.mean(peaks - u))
     if beta <= 0:
         beta = max(float(u - np.median(s)), 1.0)
