@@ -34,11 +34,11 @@ SECONDS_PER_DAY = 86400.0
 # down to keep that many, so the tail's scale rests on several points, not on the largest alone
 # (its relative standard error is about 1 / sqrt of that).
 MIN_TAIL_POINTS = 10
-# Fewest alert peaks the tail's scale rests on before the calibration falls back to every
-# excursion's peak (``calibrate_threshold``).
+# Fewest alerts the tail's scale and the alert rate rest on before ``calibrate_threshold`` joins
+# excursions across ``SHORT_WINDOW_HOLD`` rows instead of the hold: the hold that short windows
+# (a node's first hour) were calibrated with before the 20-row default, so their thresholds stay
+# as tested.
 MIN_TAIL_PEAKS = 5
-# ... and the gap that joins excursions into alerts then: the hold short windows (the first hour
-# of a node) were calibrated with before the 20-row default, so their thresholds stay as tested.
 SHORT_WINDOW_HOLD = 5
 
 
