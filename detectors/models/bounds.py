@@ -103,6 +103,15 @@ def recent_rows(n: int, max_rows: int) -> slice:
     return slice(max(0, n - max(1, max_rows)), n)
 
 
+def first_data_row(values: np.ndarray) -> int:
+    """The first row of ``values`` (rows x series) with any finite value; the row count when
+    none has one (0 without series: no row is before the data then)."""
+    if not values.size:
+        return 0
+    has = np.isfinite(values).any(axis=1)
+    return int(np.argmax(has)) if has.any() else len(values)
+
+
 def even_rows(n: int, max_rows: int) -> np.ndarray:
     """Indices of ``min(n, max_rows)`` rows spread evenly over ``n`` (all of them if they fit)."""
     k = min(n, max(1, max_rows))

@@ -44,6 +44,7 @@ from dcwatch.detectors.models import persist
 from dcwatch.detectors.models.bounds import (
     SeriesSelection,
     even_rows,
+    first_data_row,
     recent_rows,
     select_series,
     varying_scores,
@@ -245,9 +246,19 @@ class NodeModel:
         rows = recent_rows(len(ts), self.config.max_train_rows)
         pos = {c: j for j, c in enumerate(names)}
         take = np.fromiter((pos[c] for c in columns), dtype=np.int64, count=len(columns))
-        sub = Frame(ts[rows], tuple(columns), values[rows][:, take])
+        kept_values = values[rows][:, take]
+        # Rows before the node's first value are not history: a training read starts where a
+        # coarse probe saw the history begin, up to a probe step early. Filled with the training
+        # medians they would be learnt as perfectly quiet rows (lowering every tail and the
+        # threshold) and would count towards the warm-up rows.
+        first = first_data_row(kept_values)
+        if len(ts[rows]) - first < 2:
+            raise ValueError(
+                f"need at least 2 training rows with data, got {len(ts[rows]) - first}"
+            )
+        sub = Frame(ts[rows][first:], tuple(columns), kept_values[first:])
         if exclude is not None:
-            exclude = np.asarray(exclude, dtype=bool)[rows]
+            exclude = np.asarray(exclude, dtype=bool)[rows][first:]
         self.features_ = FeatureBuilder(self.config.features)
         block = self.features_.fit_transform(sub, exclude, columns)
         kept = set(columns)

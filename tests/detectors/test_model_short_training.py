@@ -84,3 +84,20 @@ def test_threshold_floor_binds_only_when_asked_above_the_fitted_tail() -> None:
     assert calibrate_threshold(scores, 30 / 86400, cfg, floor=2 * fitted.value).value == (
         2 * fitted.value
     )
+
+
+def test_rows_before_the_first_value_are_not_learnt() -> None:
+    """A training read may start before the node's history does (the service's probe finds where
+    it starts to within a probe step): those empty rows are not quiet training rows. The model is
+    the one the history alone gives."""
+    data = noisy_node(TRAIN_ROWS, seed=4, repeats=False)
+    before = pd.DataFrame(
+        np.nan, columns=data.columns, index=data.index[0] - np.arange(50, 0, -1, dtype=np.int64)
+    )
+    alone = NodeModel(CONFIG).fit(data)
+    padded = NodeModel(CONFIG).fit(pd.concat([before, data]))
+    assert padded.train_rows_ == alone.train_rows_
+    assert padded.threshold_ == alone.threshold_
+    later = noisy_node(TRAIN_ROWS + 30, seed=4, repeats=False).iloc[TRAIN_ROWS:]
+    later.index = data.index[-1] + 1 + np.arange(30, dtype=np.int64)
+    np.testing.assert_allclose(padded.score(later).score, alone.score(later).score)
