@@ -59,18 +59,22 @@ def test_calibration_of_flat_scores_is_finite_and_above_them() -> None:
     assert calibrate_threshold(np.zeros(0), 1.0, DecisionConfig()).value == 1.0
 
 
-def test_a_long_hold_does_not_raise_a_short_windows_threshold() -> None:
-    """On a minute of training the hold joins most excursions into one or two alerts; they are
-    then joined across 5 rows only (the largest of a few long clusters would set the tail), so
-    the 20-row hold asks what a 5-row one does."""
+@pytest.mark.parametrize("rows", [30, 45, 60])
+def test_a_short_windows_threshold_is_near_the_rate_it_asks_for(rows: int) -> None:
+    """A first fit's 30 to 60 rows of smoothed noise: the 20-row hold joins their excursions into
+    one or two alerts. A tail fitted to those peaks put the threshold at about twice the score
+    that 0.35 alerts a week ask for; fitted to every score above its base, the median over many
+    windows is within a quarter above it (and not below: the extrapolation stays cautious).
+
+    The score asked for: 0.35 alerts a week at a row every 2 s is p ~ 1.2e-6 a row, which the
+    mean of three |N(0, 1)| (noise smoothed over 3 rows) passes at 2.96 (simulated, 1e8 rows)."""
     rng = np.random.default_rng(3)
-    for _ in range(20):
-        s, _ = smooth(np.zeros(0), np.abs(rng.normal(size=30)), 3)
-        days = 30 * 2.0 / 86400
-        short = calibrate_threshold(s, days, DecisionConfig(hold_points=5))
-        long = calibrate_threshold(s, days, DecisionConfig(hold_points=20))
-        assert long.value == pytest.approx(short.value)
-        assert long.tail_scale == pytest.approx(short.tail_scale)
+    days = rows * 2.0 / 86400
+    values = []
+    for _ in range(200):
+        s, _ = smooth(np.zeros(0), np.abs(rng.normal(size=rows)), 3)
+        values.append(calibrate_threshold(s, days, DecisionConfig()).value)
+    assert 2.96 <= np.median(values) <= 1.25 * 2.96
 
 
 def test_rule_persistence_and_hold() -> None:
