@@ -3,8 +3,8 @@ Alertmanager when one is installed; every page says it is a demo.
 
 Each node is one ``dcwatch agent`` process reading its generated tree (``--sysfs``/``--procfs``)
 and the simulated NVML (``DCWATCH_GPU_SIMULATE``). The analyzer runs in this process with short
-steps and a one-minute cold start, so that within about three minutes the overview shows a firing
-anomaly alert with its contributors and a capacity forecast.
+steps, a 90 s cold start and a refit every two minutes, so that within about three minutes the
+overview shows a firing anomaly alert with its contributors and a capacity forecast.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=3, help="simulated nodes (at least 3)")
     p.add_argument("--dir", type=Path, default=Path("var/demo"), help="trees and state (wiped)")
     p.add_argument("--agent-port", type=int, default=0, help="first agent port (0: free ports)")
-    p.add_argument("--speed", type=float, default=30.0, help="simulated seconds per second")
+    p.add_argument("--speed", type=float, default=2.0, help="simulated seconds per second")
     p.add_argument("--fault-after", type=float, default=120.0, help="seconds before the faults")
     p.add_argument("--alertmanager", default="auto", help="auto | none | URL of one running")
     p.add_argument("--log-level", default="info")
@@ -148,7 +148,8 @@ async def run(args: argparse.Namespace) -> None:
             "--model-step=2s",
             "--model-min-train=90s",
             "--model-train-window=30m",
-            "--model-refit-interval=10m",
+            # refits often: the compressed daily cycle must not outrun what the model has seen
+            "--model-refit-interval=2m",
             # a very short training window: ask for rare alerts, the faults are far beyond them
             "--model-alerts-per-week=0.01",
             "--model-workers=1",

@@ -1,8 +1,11 @@
 """The demo's simulated fleet: what each node's GPUs and NIC show at a simulated time.
 
-Time is compressed for the daily cycle (``speed`` simulated seconds per real second; 30: half
-an hour a minute, a day in 48 minutes); rates and growth are per real second.
-Every node follows a daily load cycle with noise. Then, ``fault_after`` real
+Time is compressed for the daily cycle (``speed`` simulated seconds per real second; 2: a day in
+12 hours); rates and growth are per real second. Every node follows a daily load cycle with
+noise, starting in its trough. The first model learns from a minute and a half and the refits
+(every two minutes) from what followed, so the cycle must rise slowly against them: at 30x its
+rise three minutes in was far beyond what the first 90 s had shown and every node alerted on it;
+at 10x, with the refits, a node in three still alerted every few minutes. Then, ``fault_after`` real
 seconds after the start:
 
 * ``node-1`` GPU 1 overheats: its temperature climbs ~30 °C above its usual level;
@@ -62,7 +65,7 @@ class Scenario:
     """The fleet; :meth:`step` advances it to a real time and writes every node's files."""
 
     def __init__(
-        self, root: Path, nodes: int = 3, speed: float = 30.0, fault_after: float = 120.0
+        self, root: Path, nodes: int = 3, speed: float = 2.0, fault_after: float = 120.0
     ) -> None:
         self.speed, self.fault_after = speed, fault_after
         self.nodes = [

@@ -252,11 +252,10 @@ class NodeModel:
         # medians they would be learnt as perfectly quiet rows (lowering every tail and the
         # threshold) and would count towards the warm-up rows.
         first = first_data_row(kept_values)
-        if len(ts[rows]) - first < 2:
-            raise ValueError(
-                f"need at least 2 training rows with data, got {len(ts[rows]) - first}"
-            )
-        sub = Frame(ts[rows][first:], tuple(columns), kept_values[first:])
+        times = ts[rows][first:]
+        if len(times) < 2:
+            raise ValueError(f"need at least 2 training rows with data, got {len(times)}")
+        sub = Frame(times, tuple(columns), kept_values[first:])
         if exclude is not None:
             exclude = np.asarray(exclude, dtype=bool)[rows][first:]
         self.features_ = FeatureBuilder(self.config.features)
