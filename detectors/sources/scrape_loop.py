@@ -126,6 +126,10 @@ class Scraper:
         self._file_mtime: int | None = None
         self._file_error = ""
         self._static = [parse_target(t) for t in config.targets]
+        # Set when ``run`` stops: its target loops end at their next tick even if a cancellation
+        # was lost (``asyncio.wait_for`` before Python 3.12 swallows one that arrives as the
+        # scrape completes, and the loop then ran on: the demo hung on SIGTERM for an hour).
+        self._stopping = False
         for t in self._static:
             if t.has_url_credentials:
                 log.warning(
@@ -335,6 +339,7 @@ class Scraper:
         interval = self.config.scrape_interval
         loops: dict[str, asyncio.Task[None]] = {}
         next_expire = 0.0
+        self._stopping = False
         try:
             while True:
                 self.reload_targets()
@@ -350,6 +355,7 @@ class Scraper:
                         self._store_failed(e)
                 await asyncio.sleep(min(interval, 15.0))
         finally:
+            self._stopping = True
             for task in loops.values():
                 task.cancel()
             await asyncio.gather(*loops.values(), return_exceptions=True)
@@ -359,12 +365,12 @@ class Scraper:
 
     async def _loop(self, url: str) -> None:
         interval = self.config.scrape_interval
-        while True:
+        while not self._stopping:
             now = time.time()
             tick = math.floor(now / interval) * interval + interval
             await asyncio.sleep(tick - now)
             st, session = self.targets.get(url), self.session
-            if st is None or session is None:
+            if st is None or session is None or self._stopping:
                 return
             try:
                 await self.scrape(session, st, tick)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -277,3 +278,36 @@ def test_config_validation(tmp_path: Path) -> None:
         EmbeddedConfig(scrape_interval=5, scrape_timeout=10)
     with pytest.raises(ValueError):
         EmbeddedConfig(retention=1)
+
+
+async def test_stopping_ends_a_loop_that_lost_its_cancellation(tmp_path: Path) -> None:
+    """Before Python 3.12 ``asyncio.wait_for`` returns the result and drops a cancellation that
+    arrives as the awaited scrape completes; the target's loop then scraped on, and the source's
+    close (the analyzer's shutdown) waited for it forever. Stopping must not rest on the cancel."""
+    store = AsyncStore(tmp_path / "s.db", retention=3600)
+    await store.open()
+    config = cfg(
+        tmp_path, targets=("http://127.0.0.1:9/metrics",), scrape_interval=0.05, scrape_timeout=0.05
+    )
+    scraper = Scraper(config, store)
+    scraper.session = object()  # type: ignore[assignment]  # the stand-in scrape never uses it
+    inside = asyncio.Event()
+
+    async def swallowing_scrape(*_: object) -> int:
+        inside.set()
+        with contextlib.suppress(asyncio.CancelledError):  # the lost cancellation
+            await asyncio.sleep(0.02)
+        return 0
+
+    scraper.scrape = swallowing_scrape  # type: ignore[method-assign]
+    task = asyncio.create_task(scraper.run())
+    try:
+        await asyncio.wait_for(inside.wait(), 5)
+        task.cancel()  # lands in the scrape, which drops it
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, "the scraper did not stop"
+    finally:
+        if not task.done():
+            scraper.targets.clear()  # the lost loop ends when its target is gone
+            await asyncio.gather(task, return_exceptions=True)
+        await store.close()
