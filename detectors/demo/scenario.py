@@ -5,8 +5,9 @@ Time is compressed for the daily cycle (``speed`` simulated seconds per real sec
 noise, starting in its trough. The first model learns from a minute and a half and the refits
 (every two minutes) from what followed, so the cycle must rise slowly against them: at 30x its
 rise three minutes in was far beyond what the first 90 s had shown and every node alerted on it;
-at 10x, with the refits, a node in three still alerted every few minutes. Then, ``fault_after`` real
-seconds after the start:
+at 10x, with the refits, a node in three still alerted every few minutes.
+
+Then, ``fault_after`` real seconds after the start:
 
 * ``node-1`` GPU 1 overheats: its temperature climbs ~30 °C above its usual level;
 * ``node-2`` GPU 0's memory grows towards full (the capacity forecast sees it coming);
