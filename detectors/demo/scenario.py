@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,12 +49,14 @@ class NodeSim:
     was_up: bool = True
     mem_used: list[float] = field(default_factory=list)
     energy_j: list[float] = field(default_factory=list)
+    power: list[float] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.mem_used = [18 * GIB + 2 * GIB * g for g in range(self.gpus)]
         self.energy_j = [1e7] * self.gpus
+        self.power = [90.0] * self.gpus
         net = self.root / "sys/class/net" / NIC
         net.mkdir(parents=True, exist_ok=True)
         (self.root / "proc/net").mkdir(parents=True, exist_ok=True)
@@ -85,6 +88,7 @@ class Scenario:
         # only the daily cycle runs on the compressed clock.
         dt = 0.0 if self.last is None else max(0.0, elapsed - self.last)
         self.last = elapsed
+        at = time.time()  # the simulated NVML advances the energy from here at this power
         # It starts in the night trough (02:24): the load is flat while the model first learns.
         sim_t = 0.1 * 86400 + elapsed * self.speed
         fault = max(0.0, elapsed - self.fault_after)
@@ -100,8 +104,10 @@ class Scenario:
                     node.mem_used[g] = min(0.97 * MEM_TOTAL, node.mem_used[g] + 0.2 * GIB * dt)
                 else:
                     node.mem_used[g] = 18 * GIB + 2 * GIB * g + 2 * GIB * load
-                power = 90.0 + 5.2 * util + node.rng.gauss(0, 4)
-                node.energy_j[g] += power * dt
+                # The energy counter advanced at the power of the last state (as the simulated
+                # NVML extrapolated it), then runs at the new one.
+                node.energy_j[g] += node.power[g] * dt
+                power = node.power[g] = 90.0 + 5.2 * util + node.rng.gauss(0, 4)
                 gpus.append(
                     {
                         "name": "NVIDIA H100 80GB HBM3 (simulated)",
@@ -124,9 +130,9 @@ class Scenario:
             rate = load * 2.5e9 if up else 0.0  # bytes a second
             node.rx_bytes += rate * dt
             node.tx_bytes += rate * 0.6 * dt
-            self._write(node, gpus, up)
+            self._write(node, gpus, up, at)
 
-    def _write(self, node: NodeSim, gpus: list[dict[str, object]], up: bool) -> None:
+    def _write(self, node: NodeSim, gpus: list[dict[str, object]], up: bool, at: float) -> None:
         net = node.root / "sys/class/net" / NIC
         for name, value in (
             ("operstate", "up" if up else "down"),
@@ -144,7 +150,7 @@ class Scenario:
         )
         state = node.root / "gpu.json"
         tmp = state.with_suffix(".tmp")  # the simulated NVML reads a whole file: rename it in
-        tmp.write_text(json.dumps({"driver": "550.54.15", "gpus": gpus}))
+        tmp.write_text(json.dumps({"driver": "550.54.15", "at": at, "gpus": gpus}))
         tmp.replace(state)
 
 

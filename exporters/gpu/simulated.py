@@ -8,9 +8,13 @@ The agent uses it instead of pynvml when ``DCWATCH_GPU_SIMULATE=<state file>`` i
       "util": 35.0, "mem_util": 20.0, "mem_used": 2.1e10, "mem_total": 8.5e10,
       "power": 310.0, "power_limit": 700.0, "energy_j": 12345.0, "sm_clock": 1755}]}
 
-Values are in base units (celsius, percent, bytes, watts, joules, MHz). Functions not here
-(field values, NVLink, ECC, fans) are absent, as on a GPU that lacks them: the collector leaves
-those readings out. The file is re-read when it changes; a half-written file keeps the last state.
+Values are in base units (celsius, percent, bytes, watts, joules, MHz). With ``"at"`` (the unix
+time the state describes) the energy counter advances at the state's power between rewrites, as a
+real one does, and never goes back; without it the counter reads ``energy_j`` as written.
+
+Functions not here (field values, NVLink, ECC, fans) are absent, as on a GPU that lacks them: the
+collector leaves those readings out. The file is re-read when it changes; a half-written file
+keeps the last state.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,11 +68,13 @@ class SimulatedNvml:
 
     NVMLError = NVMLError  # pynvml's error class is part of its API
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.clock = clock
         self._lock = threading.Lock()
         self._mtime: int = -1
         self._state: dict[str, Any] = {"gpus": []}
+        self._energy_mj: dict[int, int] = {}  # the last energy read per GPU (counters only grow)
 
     def _gpus(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -141,7 +148,15 @@ class SimulatedNvml:
         return self.nvmlDeviceGetEnforcedPowerLimit(h)
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h: Handle) -> int:
-        return round(self._gpu(h).get("energy_j", 0) * 1000)  # millijoules
+        g = self._gpu(h)
+        joules = float(g.get("energy_j", 0))
+        at = self._state.get("at")
+        if isinstance(at, (int, float)):
+            joules += float(g.get("power", 0)) * max(0.0, self.clock() - at)
+        with self._lock:
+            mj = max(round(joules * 1000), self._energy_mj.get(h.index, 0))  # millijoules
+            self._energy_mj[h.index] = mj
+        return mj
 
     def nvmlDeviceGetClockInfo(self, h: Handle, clock: int) -> int:
         g = self._gpu(h)
