@@ -76,7 +76,9 @@ class SimulatedNvml:
         self._state: dict[str, Any] = {"gpus": []}
         self._energy_mj: dict[int, int] = {}  # the last energy read per GPU (counters only grow)
 
-    def _gpus(self) -> list[dict[str, Any]]:
+    def _read(self) -> dict[str, Any]:
+        """The current state (re-read when the file changed): one snapshot, so that a GPU's
+        values and the state's time always come from the same write."""
         with self._lock:
             try:
                 mtime = os.stat(self.path).st_mtime_ns
@@ -85,10 +87,13 @@ class SimulatedNvml:
                     self._mtime = mtime
             except (OSError, ValueError):
                 pass  # written right now (or not yet): keep the last state
-            return list(self._state.get("gpus", []))
+            return self._state
 
-    def _gpu(self, h: Handle) -> dict[str, Any]:
-        gpus = self._gpus()
+    def _gpus(self) -> list[dict[str, Any]]:
+        return list(self._read().get("gpus", []))
+
+    def _gpu(self, h: Handle, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        gpus = list((self._read() if state is None else state).get("gpus", []))
         if not isinstance(h, Handle) or not 0 <= h.index < len(gpus):
             raise NVMLError(ERROR_INVALID_ARGUMENT)
         return gpus[h.index]
@@ -148,9 +153,10 @@ class SimulatedNvml:
         return self.nvmlDeviceGetEnforcedPowerLimit(h)
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h: Handle) -> int:
-        g = self._gpu(h)
+        state = self._read()
+        g = self._gpu(h, state)
         joules = float(g.get("energy_j", 0))
-        at = self._state.get("at")
+        at = state.get("at")
         if isinstance(at, (int, float)):
             joules += float(g.get("power", 0)) * max(0.0, self.clock() - at)
         with self._lock:
