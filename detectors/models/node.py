@@ -58,10 +58,11 @@ STATE_FORMAT = "dcwatch.node-model"
 # 4 adds the onset channel's CUSUM carried between calls (``onset_carry``).
 # 5 keeps the isolation forest's trees in narrow dtypes, one float per tree node (``PackedForest``;
 # version 4 trees are converted when read).
+# 6 adds the features' deadband (``FeatureConfig.min_relative_deviation``, ``deadband``).
 # Version 2 and 3 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
-# so its carry is empty).
-STATE_VERSION = 5
-READ_VERSIONS = (2, 3, 4, 5)
+# so its carry is empty); a version 5 or older model has no deadband (``_upgrade_v5``).
+STATE_VERSION = 6
+READ_VERSIONS = (2, 3, 4, 5, 6)
 
 
 # Rows one sample may fill: a grid step at the scrape interval repeats a sample whenever scrape
@@ -410,7 +411,9 @@ class NodeModel:
         try:
             if version == 2:
                 state = _upgrade_v2(state)
-            return cls.from_state(_upgrade_v3(state) if version <= 3 else state)
+            if version <= 3:
+                state = _upgrade_v3(state)
+            return cls.from_state(_upgrade_v5(state) if version <= 5 else state)
         except persist.StateError:
             raise
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
@@ -519,6 +522,20 @@ def _upgrade_v3(state: State) -> State:
     config.setdefault("onset_drift", defaults.onset_drift)
     config.setdefault("onset_forget", defaults.onset_forget)
     return {**state, "config": config}
+
+
+def _upgrade_v5(state: State) -> State:
+    """A version 5 (or older) state as version 6: its features had no deadband, and keep none
+    (the model scores as it did when it was fitted, until its next refit)."""
+    config = dict(section(state, "config"))
+    config["features"] = section(config, "features") | {"min_relative_deviation": 0.0}
+    out = {**state, "config": config}
+    if persist.flag(state, "fitted"):
+        feats = dict(section(state, "features"))
+        feats["config"] = section(feats, "config") | {"min_relative_deviation": 0.0}
+        feats["deadband"] = np.zeros(len(persist.strings(feats, "feature_names")))
+        out["features"] = feats
+    return out
 
 
 def score_batch(

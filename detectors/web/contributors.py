@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from dcwatch.detectors.sources.base import Source
     from dcwatch.detectors.timeline import NodeTimeline
 
-BAND_SCALES = 3.0  # the band: expected + the residual's centre ± 3 robust scales (MAD)
+# The band: expected + the residual's centre ± (3 robust scales (MAD) + the feature's deadband).
+BAND_SCALES = 3.0
 PLOT_POINTS = 600  # rows per plot: about one per pixel of its width
 READ_TIMEOUT = 10.0  # seconds the page waits for the source
 MAX_SERIES = 3
@@ -125,6 +126,7 @@ def feature_subset(feats: FeatureBuilder, columns: list[str]) -> FeatureBuilder:
         "profile": feats.profile_[:, col],
         "center": feats.center_[feat],
         "scale": feats.scale_[feat],
+        "deadband": feats.deadband_[feat],
         "feature_names": [feats.feature_names_[j] for j in feat],
         "series_index": np.array([new_pos[int(feats.series_index_[j])] for j in feat]),
     }
@@ -171,7 +173,8 @@ def compute_tracks(
         obs = np.where(np.isfinite(raw[:, col]), block.observed[:, j], np.nan)[shown]
         exp = block.expected[shown, j]
         pick = thin(ts[shown], np.abs(obs - exp), t0, t1, PLOT_POINTS)
-        half, off = BAND_SCALES * float(sub.scale_[j]), float(sub.center_[j])
+        half = BAND_SCALES * float(sub.scale_[j]) + float(sub.deadband_[j])
+        off = float(sub.center_[j])
         e = exp[pick]
         out.append(
             Track(series, kind, ts[shown][pick], obs[pick], e, e + off - half, e + off + half)

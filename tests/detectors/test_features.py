@@ -164,3 +164,31 @@ def test_fit_transform_equals_transform_and_exclude() -> None:
     fb2 = FeatureBuilder().fit(wild, exclude=mask)
     fb3 = FeatureBuilder().fit(train.iloc[288:])
     np.testing.assert_allclose(fb2.profile_, fb3.profile_, atol=0.5)
+
+
+def test_deviations_within_the_deadband_are_no_evidence() -> None:
+    # A rate that is very smooth in training (a counter's rate over 2 minutes: 0.05 % noise) and
+    # an error rate at zero; then a 1 % wobble on the rate and a 10 % drop.
+    rng = np.random.default_rng(7)
+    n = 600
+    ts = 1.7e9 + STEP * np.arange(n + 40)
+    rate = 1000.0 + rng.normal(0, 0.5, n + 40)
+    errors = np.where(rng.random(n + 40) < 0.05, 1.0, 0.0)
+    rate[n + 10 : n + 15] += 10.0
+    rate[n + 25 : n + 30] -= 100.0
+    errors[n + 25 : n + 30] = 0.5  # within 2 % of nothing is still a change
+    frame = pd.DataFrame({"rate": rate, "errors": errors}, index=ts.astype(np.int64))
+    train, test = frame.iloc[:n], frame.iloc[n:]
+
+    def short_z(share: float) -> np.ndarray:
+        fb = FeatureBuilder(FeatureConfig(min_relative_deviation=share)).fit(train)
+        assert fb.deadband_.tolist() == pytest.approx([share * 1000.0, 0.0] * 2, abs=0.5 * share)
+        block = fb.transform(test, fb.history_from(train))
+        return block.z[:, [fb.feature_names_.index(f"{c}:short") for c in ("rate", "errors")]]
+
+    plain, banded = short_z(0.0), short_z(0.02)
+    assert np.abs(plain[10:15, 0]).min() > 10  # 20 training sigmas without the deadband
+    assert np.abs(banded[:25, 0]).max() == 0.0  # the wobble and the noise are inside it
+    assert banded[25:30, 0].max() < -50  # the drop still stands out (80 units beyond the band)
+    np.testing.assert_array_equal(banded[:, 1], plain[:, 1])  # a series at zero has no band
+    assert np.abs(banded[25:30, 1]).min() > 0

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from dcwatch.detectors.config import load_analyzer_config
+from dcwatch.detectors.features import FeatureConfig
 from dcwatch.detectors.frame import Frame
 from dcwatch.detectors.models import persist
 from dcwatch.detectors.models.fitting import ModelStore
@@ -73,6 +74,23 @@ def fitted(data: tuple[pd.DataFrame, pd.DataFrame]) -> NodeModel:
     return NodeModel(ModelConfig(n_estimators=30)).fit(data[0])
 
 
+# What models saved before version 6 were: features without a deadband.
+NO_DEADBAND = ModelConfig(n_estimators=30, features=FeatureConfig(min_relative_deviation=0.0))
+
+
+@pytest.fixture(scope="module")
+def plain(data: tuple[pd.DataFrame, pd.DataFrame]) -> NodeModel:
+    return NodeModel(NO_DEADBAND).fit(data[0])
+
+
+def before_v6(state: dict) -> dict:
+    """``state`` without what version 6 added (the features' deadband and its setting)."""
+    state["config"]["features"].pop("min_relative_deviation")
+    state["features"]["config"].pop("min_relative_deviation")
+    del state["features"]["deadband"]
+    return state
+
+
 def assert_same_results(a: ScoreResult, b: ScoreResult) -> None:
     for name in ("ts", "score", "raw", "is_anomaly"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
@@ -118,9 +136,9 @@ def test_version_3_files_still_load_and_score_the_same(
     data: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     train, test = data
-    model = NodeModel(ModelConfig(n_estimators=30)).fit(train)
+    model = NodeModel(NO_DEADBAND).fit(train)
     # A file from before the onset channel: no carried sum, no onset settings, no onset part.
-    state = model.state()
+    state = before_v6(model.state())
     del state["onset_carry"]
     del state["detector"]["onset"]
     state["config"] = {
@@ -129,15 +147,26 @@ def test_version_3_files_still_load_and_score_the_same(
     legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 3, state))
     assert legacy.config == model.config and legacy.onset_carry_.shape == (0,)
     assert_same_results(legacy.score(test.iloc[:250]), model.score(test.iloc[:250]))
-    assert STATE_VERSION == 5
+    assert STATE_VERSION == 6
+
+
+def test_version_5_files_load_without_a_deadband_and_score_the_same(
+    data: tuple[pd.DataFrame, pd.DataFrame], plain: NodeModel, fitted: NodeModel
+) -> None:
+    legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 5, before_v6(plain.state())))
+    assert legacy.config == plain.config
+    assert not legacy.features_.deadband_.any() and fitted.features_.deadband_.any()
+    test = data[1]
+    current = NodeModel.loads(plain.dumps())  # the fixture is shared: not advanced here
+    assert_same_results(legacy.score(test.iloc[:250]), current.score(test.iloc[:250]))
 
 
 def test_version_4_files_with_wide_trees_still_load_and_score_the_same(
-    data: tuple[pd.DataFrame, pd.DataFrame], fitted: NodeModel
+    data: tuple[pd.DataFrame, pd.DataFrame], plain: NodeModel
 ) -> None:
     # Version 4 kept the trees' indices in 32 bits, thresholds (infinite at leaves) and leaf
     # values apart.
-    state = fitted.state()
+    state = before_v6(plain.state())
     packed = state["detector"]["iforest"]["packed"]
     children, split = packed.pop("children"), packed.pop("split")
     leaf = children[0::2] == np.arange(len(split))
@@ -147,7 +176,7 @@ def test_version_4_files_with_wide_trees_still_load_and_score_the_same(
     packed["value"] = np.where(leaf, split, 0.0).astype(np.float32)
     legacy = NodeModel.loads(persist.pack(STATE_FORMAT, 4, state))
     test = data[1]
-    current = NodeModel.loads(fitted.dumps())  # the fixture is shared: not advanced here
+    current = NodeModel.loads(plain.dumps())  # the fixture is shared: not advanced here
     assert_same_results(legacy.score(test.iloc[:250]), current.score(test.iloc[:250]))
     assert legacy.detector_.iforest_.packed_.children.dtype == np.uint16
 
