@@ -13,7 +13,7 @@ import pytest
 
 from dcwatch.detectors import features
 from dcwatch.detectors.config import load_analyzer_config
-from dcwatch.detectors.features import FeatureBuilder
+from dcwatch.detectors.features import FeatureBuilder, FeatureConfig
 from dcwatch.detectors.frame import Frame
 from dcwatch.detectors.models import persist, residual
 from dcwatch.detectors.models.bounds import (
@@ -154,13 +154,19 @@ def test_scoring_a_row_with_every_series_uses_only_the_kept_ones() -> None:
 
 
 def test_the_selection_round_trips_and_version_2_files_still_load() -> None:
-    model = NodeModel(ModelConfig(n_estimators=20, max_series=9)).fit(wide_frame())
+    # No deadband: version 2 had none (version 6 added it).
+    features = FeatureConfig(min_relative_deviation=0.0)
+    model = NodeModel(ModelConfig(n_estimators=20, max_series=9, features=features))
+    model.fit(wide_frame())
     restored = NodeModel.loads(model.dumps())
     assert restored.series == model.series and restored.selection_ == model.selection_
     assert restored.config == model.config
     # A file from before the bound: version 2, whose max_train_rows was the forest's sample.
     state = model.state()
     del state["selection"]
+    for config in (state["config"]["features"], state["features"]["config"]):
+        del config["min_relative_deviation"]
+    del state["features"]["deadband"]
     old = {k: v for k, v in state["config"].items() if k not in ("max_series", "forest_rows")}
     state["config"] = old | {"max_train_rows": 1234}
     state["features"]["dropped"] = ["x", "y"]
