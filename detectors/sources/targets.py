@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
@@ -65,7 +65,8 @@ class Target:
 
 
 def target_url(target: str) -> str:
-    """``host:port`` -> ``http://host:port/metrics``; a URL without a path gets ``/metrics``."""
+    """``host:port`` -> ``http://host:port/metrics``; a URL without a path gets ``/metrics``
+    (before its query, if it has one)."""
     t = target.strip()
     if "://" not in t:
         t = "http://" + t
@@ -74,7 +75,7 @@ def target_url(target: str) -> str:
         raise ValueError(f"bad target {redact_url(target)!r}")
     if parts.scheme.lower() not in ("http", "https"):
         raise ValueError(f"target {redact_url(t)!r}: scheme must be http or https")
-    return t if parts.path not in ("", "/") else t.rstrip("/") + "/metrics"
+    return t if parts.path not in ("", "/") else urlunsplit(parts._replace(path="/metrics"))
 
 
 def instance_of(url: str) -> str:

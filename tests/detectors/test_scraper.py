@@ -83,6 +83,9 @@ def test_name_filter_and_targets() -> None:
     assert target_url("n1:9478") == "http://n1:9478/metrics"
     assert target_url("https://n1:9478/") == "https://n1:9478/metrics"
     assert target_url("http://n1:9478/custom") == "http://n1:9478/custom"
+    # The path goes before a query (it went after it: "0?@" gave "http://0?@/metrics").
+    assert target_url("n1:9478?module=gpu") == "http://n1:9478/metrics?module=gpu"
+    assert target_url("0?@") == "http://0/metrics?@"
     assert instance_of("https://n1/metrics") == "n1:443"
     assert instance_of("http://[::1]:9478/metrics") == "[::1]:9478"
     assert parse_targets_file("# fleet\nn1:9478\n\nhttp://n2:9478/metrics  # rack 2\n") == [
