@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from dcwatch.detectors.decisions import (
+    MIN_TAIL_POINTS,
     SECONDS_PER_DAY,
     AlertState,
     Contributor,
@@ -33,6 +34,7 @@ from dcwatch.detectors.decisions import (
     top_contributors,
 )
 from dcwatch.detectors.features import (
+    KINDS,
     AnyFrame,
     FeatureBuilder,
     FeatureConfig,
@@ -65,6 +67,10 @@ STATE_VERSION = 6
 READ_VERSIONS = (2, 3, 4, 5, 6)
 
 
+# Training rows the evidence channel needs (``EnsembleDetector.evidence_min_rows``): its scale is
+# its training 99th percentile, which then rests on ``MIN_TAIL_POINTS`` rows above it.
+EVIDENCE_MIN_ROWS = 100 * MIN_TAIL_POINTS
+
 # Rows one sample may fill: a grid step at the scrape interval repeats a sample whenever scrape
 # jitter puts two grid times before the next one (Prometheus range queries), so a lone unusual
 # sample can show in two consecutive rows.
@@ -80,7 +86,9 @@ class ModelConfig:
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
     decisions: DecisionConfig = field(default_factory=DecisionConfig)
-    channels: tuple[str, ...] = ("residual", "iforest")
+    # Leave-one-family-out choice (``bench/detect_lofo.py``): the evidence channel joined the
+    # residual and isolation forest channels once it sat out on single-series nodes.
+    channels: tuple[str, ...] = ("residual", "iforest", "evidence")
     n_estimators: int = 100
     # An 8-GPU node gives about 210 series with the default queries (18 per GPU, 6 per network
     # interface, 4 per HCA, 7 per node), a large one with more NICs and HCAs about 300.
@@ -296,6 +304,10 @@ class NodeModel:
             random_state=cfg.random_state,
             onset_drift=cfg.onset_drift,
             onset_forget=cfg.onset_forget,
+            # Two series' worth: one series' features only repeat the residual channel; and
+            # enough rows for MIN_TAIL_POINTS above the channel's scale (its 99th percentile).
+            evidence_min_features=2 * len(KINDS),
+            evidence_min_rows=EVIDENCE_MIN_ROWS,
         )
 
     def _finish(

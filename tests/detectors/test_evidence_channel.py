@@ -12,6 +12,7 @@ from dcwatch.detectors.models.node import ModelConfig, NodeModel
 
 STEP = 60.0
 WITH_EVIDENCE = ("residual", "iforest", "evidence")
+WITHOUT = ("residual", "iforest")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_node_model_with_evidence_round_trips_bit_identically(frames) -> None:
 
 def test_node_model_without_the_channel_is_unchanged(frames) -> None:
     train, test = frames
-    plain = NodeModel(ModelConfig(n_estimators=30)).fit(train)
+    plain = NodeModel(ModelConfig(n_estimators=30, channels=WITHOUT)).fit(train)
     both = NodeModel(ModelConfig(n_estimators=30, channels=WITH_EVIDENCE)).fit(train)
     assert plain.detector_.channel_names_ == ["residual", "iforest"]
     z = plain.features_.transform_values(
@@ -112,3 +113,19 @@ def test_node_model_without_the_channel_is_unchanged(frames) -> None:
     C_plain, S_plain, _ = plain.detector_.stream(z)
     C_both, S_both, _ = both.detector_.stream(z)
     assert np.array_equal(C_both[:, :2], C_plain) and np.array_equal(S_both, S_plain)
+
+
+def test_the_channel_is_on_by_default_and_sits_out_on_a_single_series_node(frames) -> None:
+    train, test = frames
+    assert ModelConfig().channels == WITH_EVIDENCE
+    two = NodeModel(ModelConfig(n_estimators=30)).fit(train[["s0", "s1"]])
+    assert two.detector_.channel_names_ == list(WITH_EVIDENCE)
+    # One series: its two features (short and seasonal residual) would only repeat the
+    # residual channel, so the node scores as without the channel, after a restart too.
+    one = NodeModel(ModelConfig(n_estimators=30)).fit(train[["s0"]])
+    plain = NodeModel(ModelConfig(n_estimators=30, channels=WITHOUT)).fit(train[["s0"]])
+    assert one.detector_.channel_names_ == list(WITHOUT)
+    restored = NodeModel.loads(one.dumps())
+    assert restored.detector_.channel_names_ == list(WITHOUT)
+    a, b = restored.score(test[["s0"]]), plain.score(test[["s0"]])
+    assert np.array_equal(a.score, b.score) and np.array_equal(a.is_anomaly, b.is_anomaly)
