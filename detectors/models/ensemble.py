@@ -23,8 +23,8 @@ distribution: 0 at the training median, 1 at the training 99th percentile):
   then only raised the threshold (on single-series data event recall fell from 0.38 to 0.33).
   It also sits out on fewer than ``evidence_min_rows`` training rows: a node model asks for
   enough rows to put ``MIN_TAIL_POINTS`` above the 99th percentile its scale rests on (a
-  minute's training made that scale a guess, and normal rows alerted). On by default: the
-  leave-one-family-out choice (``bench/detect_lofo.py``).
+  minute's training made that scale a guess, and normal rows alerted). On in a node model's
+  defaults (``ModelConfig.channels``): the leave-one-family-out choice (``bench/detect_lofo.py``).
 
 The combined score is the maximum over channels; higher = more anomalous in ``channel_scores`` and
 ``anomaly_score``, lower = more abnormal in the scikit-learn style ``score_samples``.
