@@ -257,7 +257,7 @@ class FeatureBuilder:
         use = np.ones(len(r), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
         use[: self.warmup_rows(len(r))] = False
         self.center_, self.scale_ = robust_center_scale(r[use] if use.any() else r)
-        self.deadband_ = np.tile(cfg.min_relative_deviation * np.abs(self.fill_), len(KINDS))
+        self.deadband_ = self.level_deadband()
         self.feature_names_ = [f"{c}:{k}" for k in KINDS for c in self.columns_]
         self.series_index_ = np.tile(np.arange(len(self.columns_)), len(KINDS))
         h = self.history_len_
@@ -268,6 +268,11 @@ class FeatureBuilder:
             expected=exp,
             history=History(ts=ts[-h:].copy(), values=values[-h:].copy()),
         )
+
+    def level_deadband(self) -> np.ndarray:
+        """Per feature, the deviation that is no evidence: ``min_relative_deviation`` of its
+        series' training level (the fill value), the same for each kind of residual."""
+        return np.tile(self.config.min_relative_deviation * np.abs(self.fill_), len(KINDS))
 
     def warmup_rows(self, n: int) -> int:
         """Leading rows of an ``n``-row training frame whose windows are not yet full: not learnt

@@ -60,7 +60,7 @@ STATE_FORMAT = "dcwatch.node-model"
 # 4 adds the onset channel's CUSUM carried between calls (``onset_carry``).
 # 5 keeps the isolation forest's trees in narrow dtypes, one float per tree node (``PackedForest``;
 # version 4 trees are converted when read).
-# 6 adds the features' deadband (``FeatureConfig.min_relative_deviation``, ``deadband``).
+# 6 adds the features' deadband (``FeatureConfig.min_relative_deviation``).
 # Version 2 and 3 files are still read (``_upgrade_v2``; a version 3 detector has no onset channel,
 # so its carry is empty); a version 5 or older model has no deadband (``_upgrade_v5``).
 STATE_VERSION = 6
@@ -543,10 +543,9 @@ def _upgrade_v5(state: State) -> State:
     config["features"] = section(config, "features") | {"min_relative_deviation": 0.0}
     out = {**state, "config": config}
     if persist.flag(state, "fitted"):
-        feats = dict(section(state, "features"))
-        feats["config"] = section(feats, "config") | {"min_relative_deviation": 0.0}
-        feats["deadband"] = np.zeros(len(persist.strings(feats, "feature_names")))
-        out["features"] = feats
+        feats = section(state, "features")
+        config = section(feats, "config") | {"min_relative_deviation": 0.0}
+        out["features"] = feats | {"config": config}
     return out
 
 

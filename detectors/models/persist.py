@@ -244,7 +244,6 @@ def features_state(fb: FeatureBuilder) -> State:
         "history_len": fb.history_len_,
         "center": fb.center_,
         "scale": fb.scale_,
-        "deadband": fb.deadband_,
         "feature_names": list(fb.feature_names_),
         "series_index": fb.series_index_,
     }
@@ -262,15 +261,12 @@ def features_from_state(state: State) -> FeatureBuilder:
     fb.history_len_ = integer(state, "history_len")
     fb.center_ = array(state, "center", np.float64, 1)
     fb.scale_ = array(state, "scale", np.float64, 1)
-    fb.deadband_ = array(state, "deadband", np.float64, 1)
     fb.feature_names_ = strings(state, "feature_names")
     fb.series_index_ = array(state, "series_index", np.int64, 1)
     n, d = len(fb.columns_), len(fb.feature_names_)
     expect(len(fb.fill_) == n, "one fill value per column")
     expect(fb.profile_.shape == (fb.n_bins_, n) and fb.n_bins_ >= 1, "profile is (bins, columns)")
-    expect(
-        fb.center_.shape == fb.scale_.shape == fb.deadband_.shape == fb.series_index_.shape == (d,),
-        "per feature",
-    )
+    expect(fb.center_.shape == fb.scale_.shape == fb.series_index_.shape == (d,), "per feature")
     expect(fb.history_len_ >= 0 and fb.bin_seconds_ > 0, "positive windows")
+    fb.deadband_ = fb.level_deadband()
     return fb

@@ -126,7 +126,6 @@ def feature_subset(feats: FeatureBuilder, columns: list[str]) -> FeatureBuilder:
         "profile": feats.profile_[:, col],
         "center": feats.center_[feat],
         "scale": feats.scale_[feat],
-        "deadband": feats.deadband_[feat],
         "feature_names": [feats.feature_names_[j] for j in feat],
         "series_index": np.array([new_pos[int(feats.series_index_[j])] for j in feat]),
     }

@@ -166,7 +166,6 @@ def test_the_selection_round_trips_and_version_2_files_still_load() -> None:
     del state["selection"]
     for config in (state["config"]["features"], state["features"]["config"]):
         del config["min_relative_deviation"]
-    del state["features"]["deadband"]
     old = {k: v for k, v in state["config"].items() if k not in ("max_series", "forest_rows")}
     state["config"] = old | {"max_train_rows": 1234}
     state["features"]["dropped"] = ["x", "y"]

@@ -84,10 +84,9 @@ def plain(data: tuple[pd.DataFrame, pd.DataFrame]) -> NodeModel:
 
 
 def before_v6(state: dict) -> dict:
-    """``state`` without what version 6 added (the features' deadband and its setting)."""
+    """``state`` without what version 6 added (the features' deadband setting)."""
     state["config"]["features"].pop("min_relative_deviation")
     state["features"]["config"].pop("min_relative_deviation")
-    del state["features"]["deadband"]
     return state
 
 
