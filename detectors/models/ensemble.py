@@ -53,6 +53,8 @@ from dcwatch.detectors.models.persist import (
 from dcwatch.detectors.models.residual import RobustResidualDetector
 
 SURPRISE_CLIP = 10.0
+# Each channel's scale: 1 at this quantile of its training scores (0 at their median).
+SCALE_QUANTILE = 0.99
 CHANNELS = ("residual", "iforest", "pca", "onset", "evidence")
 # A fitted PCA's arrays (transform and inverse_transform read the first three).
 _PCA_ARRAYS = (
@@ -139,7 +141,7 @@ class EnsembleDetector(OutlierMixin, BaseEstimator):
         self.channel_names_ = list(raw)
         R = np.stack([raw[c] for c in self.channel_names_], axis=1)
         self.center_ = np.median(R, axis=0)
-        spread = np.quantile(R, 0.99, axis=0) - self.center_
+        spread = np.quantile(R, SCALE_QUANTILE, axis=0) - self.center_
         self.spread_ = np.where(spread > 0, spread, 1.0)
         train = self.score_samples(X)
         self.offset_ = float(np.quantile(train, self.contamination))

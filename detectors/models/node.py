@@ -51,7 +51,7 @@ from dcwatch.detectors.models.bounds import (
     select_series,
     varying_scores,
 )
-from dcwatch.detectors.models.ensemble import EnsembleDetector
+from dcwatch.detectors.models.ensemble import SCALE_QUANTILE, EnsembleDetector
 from dcwatch.detectors.models.persist import State, array, expect, integer, number, section
 
 STATE_FORMAT = "dcwatch.node-model"
@@ -68,8 +68,9 @@ READ_VERSIONS = (2, 3, 4, 5, 6)
 
 
 # Training rows the evidence channel needs (``EnsembleDetector.evidence_min_rows``): its scale is
-# its training 99th percentile, which then rests on ``MIN_TAIL_POINTS`` rows above it.
-EVIDENCE_MIN_ROWS = 100 * MIN_TAIL_POINTS
+# its training 99th percentile (``SCALE_QUANTILE``), which then rests on ``MIN_TAIL_POINTS`` rows
+# above it (1,000 rows).
+EVIDENCE_MIN_ROWS = round(MIN_TAIL_POINTS / (1.0 - SCALE_QUANTILE))
 
 # Rows one sample may fill: a grid step at the scrape interval repeats a sample whenever scrape
 # jitter puts two grid times before the next one (Prometheus range queries), so a lone unusual
