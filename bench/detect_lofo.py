@@ -220,7 +220,13 @@ Result = tuple[ev.Metrics, float]  # pooled metrics, best-threshold point F1
 def code_hash() -> str:
     """Hash of the analyzer code a backtest runs through (a change invalidates the cache)."""
     h = hashlib.sha256()
-    for sub in ("detectors/models", "detectors/features.py", "detectors/decisions.py"):
+    # The scoring too: a cached result carries every metric the tables show.
+    for sub in (
+        "detectors/models",
+        "detectors/features.py",
+        "detectors/decisions.py",
+        "detectors/backtest/evaluation.py",
+    ):
         path = REPO / sub
         for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             h.update(f.read_bytes())
@@ -294,7 +300,7 @@ def _cells(m: ev.Metrics, best: float) -> str:
     d = "n/a" if np.isnan(m.mean_delay_steps) else f"{m.mean_delay_steps:.1f}"
     return (
         f"{m.composite_f1:.3f} | {m.point_f1:.3f} | {best:.3f} | {m.event_recall:.2f} "
-        f"| {m.false_alerts_per_day:.2f} | {d}"
+        f"| {m.early_event_recall:.2f} | {m.false_alerts_per_day:.2f} | {d}"
     )
 
 
@@ -302,14 +308,15 @@ def grid_table(results: dict[str, dict[str, Result]]) -> str:
     """Every candidate on every family (the dev numbers)."""
     head = (
         "| candidate | family | composite F1 | point F1 | best point F1 (oracle) | event R "
-        "| false alerts / entity-day | mean delay (steps) |"
+        f"| event R within {ev.EARLY_STEPS} steps | false alerts / entity-day "
+        "| mean delay (steps) |"
     )
-    lines = [head, "|---|---|" + "---:|" * 6]
+    lines = [head, "|---|---|" + "---:|" * 7]
     for c, per in results.items():
         for fam, (m, best) in per.items():
             lines.append(f"| {c} | {fam} | {_cells(m, best)} |")
         mean = [float(np.mean([per[f][0].composite_f1 for f in per]))]
-        lines.append(f"| {c} | **mean composite** | {mean[0]:.3f} | | | | | |")
+        lines.append(f"| {c} | **mean composite** | {mean[0]:.3f} | | | | | | |")
     return "\n".join(lines)
 
 
@@ -319,10 +326,10 @@ def lofo_table(results: dict[str, dict[str, Result]], baseline: str = "defaults"
     head = (
         "| held out | chosen on the other families | their mean composite F1 "
         "| held-out composite F1 | point F1 | best point F1 (oracle) | event R "
-        "| false alerts / entity-day | mean delay (steps) "
-        f"| {baseline} held-out composite F1 |"
+        f"| event R within {ev.EARLY_STEPS} steps | false alerts / entity-day "
+        f"| mean delay (steps) | {baseline} held-out composite F1 |"
     )
-    lines = [head, "|---|---|" + "---:|" * 8]
+    lines = [head, "|---|---|" + "---:|" * 9]
     held: list[float] = []
     kept: list[float] = []
     for fam in fams:

@@ -178,7 +178,8 @@ def format_metrics(m: ev.Metrics, best: float | None = None) -> str:
         f"event {m.event_precision:.3f}/{m.event_recall:.3f}/{m.event_f1:.3f}  "
         f"composite F1 {m.composite_f1:.3f}  false alerts/entity-day {m.false_alerts_per_day:.2f}  "
         f"delay {m.mean_delay_steps:.1f} steps ({m.mean_delay_seconds:.0f} s), "
-        f"{m.events_missed} events missed"
+        f"{m.events_missed} events missed, "
+        f"{m.early_event_recall:.0%} of events caught within {ev.EARLY_STEPS} steps"
     )
     if best is not None:
         line += f"  best-threshold point F1 {best:.3f}"

@@ -76,6 +76,10 @@ def test_single_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert float(shown[1]) == pytest.approx(caught.mean(), abs=0.05)
     assert int(shown[2]) == pytest.approx(caught.mean() * step, abs=1)
     assert int(shown[3]) == (delays < 0).sum()
+    early = re.search(rf"(\d+)% of events caught within {ev.EARLY_STEPS} steps", text)
+    assert early is not None
+    on_time = ((delays >= 0) & (delays <= ev.EARLY_STEPS)).sum()
+    assert int(early[1]) == round(100 * on_time / len(delays))
     # Every event with its own delay, beside the output.
     events = pd.read_csv(tmp_path / "out.events.csv")
     ts = src["timestamp"].to_numpy()

@@ -112,3 +112,20 @@ def test_detection_delay_pools_over_events_not_entities() -> None:
     assert m.mean_delay_seconds == pytest.approx(60.0)
     none = ev.evaluate(np.array([0, 1, 1]), np.zeros(3), days=1.0)
     assert np.isnan(none.mean_delay_steps) and none.events_missed == 1
+
+
+def test_early_event_recall_counts_events_caught_within_the_target_over_all_events() -> None:
+    k = ev.EARLY_STEPS
+    y = np.zeros(3 * (k + 10), dtype=int)
+    p = np.zeros_like(y)
+    late, early, missed = 0, k + 10, 2 * (k + 10)
+    y[late : late + k + 5] = 1
+    p[late + k + 1] = 1  # one step past the target
+    y[early : early + k + 5] = 1
+    p[early + k] = 1  # at the target: still early
+    y[missed : missed + 3] = 1
+    m = ev.evaluate(y, p, days=1.0)
+    assert m.events_missed == 1
+    assert m.early_event_recall == pytest.approx(1 / 3)
+    pooled = ev.metrics_from_counts(ev.counts(y, p, 1.0) + ev.counts(y[early:], p[early:], 1.0))
+    assert pooled.early_event_recall == pytest.approx(2 / 5)
