@@ -10,7 +10,8 @@ family it never saw; the rule's choice on all families replaces the defaults onl
 held-out mean beats the defaults' held-out mean.
 
 Results are cached per candidate and family in ``--cache`` (keyed by the candidate's config and a
-hash of the analyzer's model code), so adding a candidate reruns only that candidate.
+hash of the analyzer's model code and of the scoring), so adding a candidate reruns only that
+candidate.
 """
 
 from __future__ import annotations
