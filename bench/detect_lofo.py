@@ -162,13 +162,14 @@ REMOVED = """\
 - Measured against today's defaults (mean composite F1 0.588: 0.402 / 0.799 / 0.564), each a
   scratch build run through the same ``run_entity``. What the defaults miss, looked at event by
   event: on smd6, 14 of machine-3-3's 26 events are one-minute disk-read bursts at the same
-  minute each day, each far beyond training (surprise about 6.8), which the 3-row mean brings
-  to 0.39 x the threshold; machine-1-7's longest event is a step of the TCP retransmit and
-  timeout rates to 7 and 9 times their level, held for 20 hours, but training held bursts up
-  to the series' maximum, so each row is only a 1-in-4,000 surprise and the residuals adapt
-  within 30 rows: it is caught at the step back down, and three other events of 14 to 15 hours
-  in their last rows too (hence smd6's delay). On cmd-dev, machine-01's short events are
-  spikes at the same minute each day that training holds too.
+  minute each day, each a surprise of about 6.8 (training's own disk-read bursts reach 5 in 24
+  rows, up to 11), which the 3-row mean brings to 0.39 x the threshold; machine-1-7's longest
+  event is a step of the TCP retransmit and timeout rates to 7 and 9 times their level, held
+  for 20 hours, but training held bursts up to the series' maximum, so each row is only a
+  1-in-4,000 surprise and the residuals adapt within 30 rows: it is caught at the step back
+  down, and three other events of 14 to 15 hours in their last rows too (hence smd6's delay).
+  On cmd-dev, machine-01's short events are spikes at the same minute each day that training
+  holds too.
   - a *second decision path* for single rows: the unsmoothed score with its own threshold,
     calibrated on the unsmoothed training scores like the smoothed one, an alert when either
     passes: 0.565 (0.386 / 0.756 / 0.553; false alerts 0.38 / 0.23 / 0.69, delay 32 / 11 / 62
