@@ -26,7 +26,7 @@ import numpy as np
 
 SECONDS_PER_DAY = 86400.0
 # An event is caught early when its first alert comes at most this many steps after its start:
-# the mean delay the detection-quality issue asks for on every dataset family.
+# the project's detection-delay target, in steps, on every dataset family.
 EARLY_STEPS = 20
 
 
