@@ -378,7 +378,23 @@ def choose(results: dict[str, dict[str, Result]], on: list[str]) -> tuple[str, b
     return max(ok, key=composite), True  # ties: the first in the grid (the simpler setting)
 
 
+# The columns ``_cells`` fills, one table cell each (both tables show them).
+_CELL_HEADS = (
+    "point F1",
+    "best point F1 (oracle)",
+    "event R",
+    f"event R within {ev.EARLY_STEPS} steps",
+    "false alerts / entity-day",
+    "mean delay (steps)",
+)
+
+
+def _heads(*names: str) -> str:
+    return "| " + " | ".join(names) + " |"
+
+
 def _cells(m: ev.Metrics, best: float) -> str:
+    """The composite F1, then the ``_CELL_HEADS`` columns."""
     d = "n/a" if np.isnan(m.mean_delay_steps) else f"{m.mean_delay_steps:.1f}"
     return (
         f"{m.composite_f1:.3f} | {m.point_f1:.3f} | {best:.3f} | {m.event_recall:.2f} "
@@ -388,30 +404,29 @@ def _cells(m: ev.Metrics, best: float) -> str:
 
 def grid_table(results: dict[str, dict[str, Result]]) -> str:
     """Every candidate on every family (the dev numbers)."""
-    head = (
-        "| candidate | family | composite F1 | point F1 | best point F1 (oracle) | event R "
-        f"| event R within {ev.EARLY_STEPS} steps | false alerts / entity-day "
-        "| mean delay (steps) |"
-    )
-    lines = [head, "|---|---|" + "---:|" * 7]
+    head = _heads("candidate", "family", "composite F1", *_CELL_HEADS)
+    n = 1 + len(_CELL_HEADS)
+    lines = [head, "|---|---|" + "---:|" * n]
     for c, per in results.items():
         for fam, (m, best) in per.items():
             lines.append(f"| {c} | {fam} | {_cells(m, best)} |")
-        mean = [float(np.mean([per[f][0].composite_f1 for f in per]))]
-        lines.append(f"| {c} | **mean composite** | {mean[0]:.3f} | | | | | | |")
+        mean = float(np.mean([per[f][0].composite_f1 for f in per]))
+        lines.append(f"| {c} | **mean composite** | {mean:.3f} |" + " |" * (n - 1))
     return "\n".join(lines)
 
 
 def lofo_table(results: dict[str, dict[str, Result]], baseline: str = "defaults") -> str:
     """For each held-out family: the choice on the others, its numbers there and held out."""
     fams = list(next(iter(results.values())))
-    head = (
-        "| held out | chosen on the other families | their mean composite F1 "
-        "| held-out composite F1 | point F1 | best point F1 (oracle) | event R "
-        f"| event R within {ev.EARLY_STEPS} steps | false alerts / entity-day "
-        f"| mean delay (steps) | {baseline} held-out composite F1 |"
+    head = _heads(
+        "held out",
+        "chosen on the other families",
+        "their mean composite F1",
+        "held-out composite F1",
+        *_CELL_HEADS,
+        f"{baseline} held-out composite F1",
     )
-    lines = [head, "|---|---|" + "---:|" * 9]
+    lines = [head, "|---|---|" + "---:|" * (3 + len(_CELL_HEADS))]
     held: list[float] = []
     kept: list[float] = []
     for fam in fams:
